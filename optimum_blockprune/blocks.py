@@ -1,0 +1,41 @@
+"""Removable blocks and their stable public names (``layers.{i}``, ``layers.{i}.attn``, ...)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BRANCH_KINDS = ("attn", "mlp", "moe", "mamba")
+KINDS = ("layer", *BRANCH_KINDS)
+
+
+@dataclass(frozen=True)
+class Block:
+    """One removable block: a whole decoder layer or one residual branch of it.
+
+    ``layer`` is the index in the ORIGINAL model; names never change after pruning.
+    """
+
+    layer: int
+    kind: str  # "layer" or one of BRANCH_KINDS
+    num_params: int
+
+    @property
+    def name(self) -> str:
+        return block_name(self.layer, self.kind)
+
+
+def block_name(layer: int, kind: str = "layer") -> str:
+    """Public name of a block: ``layers.3`` for a whole layer, ``layers.3.attn`` for a branch."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown block kind {kind!r}; expected one of {', '.join(KINDS)}")
+    return f"layers.{layer}" if kind == "layer" else f"layers.{layer}.{kind}"
+
+
+def parse_block_name(name: str) -> tuple[int, str]:
+    """Inverse of :func:`block_name`: ``"layers.3.attn"`` -> ``(3, "attn")``."""
+    parts = name.split(".")
+    if len(parts) in (2, 3) and parts[0] == "layers" and parts[1].isdigit():
+        kind = parts[2] if len(parts) == 3 else "layer"
+        if kind in KINDS:
+            return int(parts[1]), kind
+    raise ValueError(f"not a block name: {name!r}; expected 'layers.<i>' or 'layers.<i>.<{'|'.join(BRANCH_KINDS)}>'")

@@ -1,0 +1,206 @@
+"""``optimum-cli blockprune analyze | solve | prune``. Heavy imports happen inside ``run()``.
+
+Also runnable as ``python -m optimum_blockprune.cli <subcommand> ...``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from argparse import ArgumentParser, Namespace
+
+from optimum.commands.base import BaseOptimumCLICommand, CommandInfo
+
+from .errors import BlockPruneError
+
+ENERGY_CHOICES = ("recentred", "secant", "fisher", "taylor", "additive")
+
+
+def _add_model_args(parser: ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", "-m", default=None, help="model folder (default: the bundled SmolLM2-135M-Instruct demo model)")
+    group.add_argument("--adapter", default=None, help="architecture adapter name (default: detected)")
+    group.add_argument("--list-adapters", action="store_true", help="list registered adapters and exit")
+
+
+def _add_calibration_args(parser: ArgumentParser) -> None:
+    group = parser.add_argument_group("calibration")
+    group.add_argument("--calibration", default="demo", help="'demo', a .txt/.jsonl file or a saved datasets folder (default: demo)")
+    group.add_argument("--text-field", default="text", help="field holding the text in .jsonl / dataset sources")
+    group.add_argument("--num-samples", type=int, default=32, help="calibration samples (default: 32)")
+    group.add_argument("--seq-len", type=int, default=128, help="tokens per sample (default: 128)")
+    group.add_argument("--batch-size", type=int, default=8, help="samples per forward pass (default: 8)")
+    group.add_argument("--chat-template", action="store_true", help="render texts with the tokenizer's chat template")
+    group.add_argument("--no-pack", action="store_true", help="one padded sample per document instead of packed blocks")
+    group.add_argument("--energy", default="recentred", choices=ENERGY_CHOICES, help="energy variant (default: recentred)")
+
+
+def _add_target_args(parser: ArgumentParser) -> None:
+    group = parser.add_argument_group("what to remove")
+    target = group.add_mutually_exclusive_group()
+    target.add_argument("--remove", "-n", type=int, default=None, help="number of blocks to remove")
+    target.add_argument("--ratio", type=float, default=None, help="fraction of blocks to remove")
+    group.add_argument("--protect", default="", help="comma-separated block names never removed, e.g. layers.0,layers.29")
+    group.add_argument("--force", default="", help="comma-separated block names always removed")
+    group.add_argument("--solver", default="auto", help="solver name (default: auto); see --list-solvers")
+    group.add_argument("--list-solvers", action="store_true", help="list registered solvers and exit")
+    group.add_argument("--top-k", type=int, default=10, help="candidates to rerank by real loss (default: 10)")
+
+
+def _names(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _config_from_args(args: Namespace):
+    from .config import BlockPruneConfig
+
+    if args.remove is None and args.ratio is None:
+        raise BlockPruneError("say how much to remove: --remove N or --ratio R")
+    return BlockPruneConfig(
+        remove=args.remove,
+        ratio=args.ratio,
+        energy=args.energy,
+        solver=args.solver,
+        top_k=args.top_k,
+        protect=_names(args.protect) or None,
+        force=_names(args.force) or None,
+        calibration=args.calibration,
+        num_samples=args.num_samples,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        chat_template=args.chat_template,
+        pack=not args.no_pack,
+    )
+
+
+def _listing(args: Namespace) -> bool:
+    from . import plugins
+
+    if getattr(args, "list_adapters", False):
+        for name, adapter in sorted(plugins.adapters().items()):
+            print(f"{name}\t{', '.join(adapter.model_types)}")
+        return True
+    if getattr(args, "list_solvers", False):
+        for name in sorted(plugins.solvers()):
+            print(name)
+        return True
+    return False
+
+
+class _Leaf(BaseOptimumCLICommand):
+    """A leaf command: user errors become one line on stderr and exit status 2."""
+
+    def run(self) -> None:
+        try:
+            if not _listing(self.args):
+                self.execute(self.args)
+        except BlockPruneError as exc:
+            print(f"optimum-cli blockprune {self.COMMAND.name}: error: {exc}", file=sys.stderr)
+            sys.exit(2)
+
+    def execute(self, args: Namespace) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class AnalyzeCommand(_Leaf):
+    COMMAND = CommandInfo(name="analyze", help="Compute the energy model of a model's blocks on calibration text.")
+
+    @staticmethod
+    def parse_args(parser: ArgumentParser) -> None:
+        _add_model_args(parser)
+        _add_calibration_args(parser)
+        parser.add_argument("--output", "-o", default="energy.safetensors", help="energy file to write")
+        parser.add_argument("--overwrite", action="store_true", help="replace an existing energy file")
+
+    def execute(self, args: Namespace) -> None:
+        from pathlib import Path
+
+        from .pruner import BlockPruner
+
+        out = Path(args.output)
+        if out.exists() and not args.overwrite:
+            raise BlockPruneError(f"{out} already exists; pass --overwrite to replace it")
+        args.remove, args.ratio, args.protect, args.force, args.solver, args.top_k = 1, None, "", "", "auto", 10
+        config = _config_from_args(args)
+        pruner = BlockPruner.from_pretrained(args.model, adapter=args.adapter)
+        energy = pruner.analyze(config, progress=True)
+        energy.save(out)
+        print(f"energy model ({energy.variant}, {len(energy)} blocks) written to {out}")
+
+
+class SolveCommand(_Leaf):
+    COMMAND = CommandInfo(name="solve", help="List the lowest-energy removal configurations of an energy file.")
+
+    @staticmethod
+    def parse_args(parser: ArgumentParser) -> None:
+        parser.add_argument("--energy-file", "-e", default="energy.safetensors", help="file written by 'analyze'")
+        _add_target_args(parser)
+        parser.add_argument("--json", default=None, help="also write the candidates to this JSON file")
+
+    def execute(self, args: Namespace) -> None:
+        from .energy import EnergyModel
+        from .solvers import solution_names, solve
+
+        energy = EnergyModel.load(args.energy_file)
+        n = len(energy)
+        m = args.remove if args.remove is not None else round((args.ratio or 0) * n)
+        if args.remove is None and args.ratio is None:
+            raise BlockPruneError("say how much to remove: --remove N or --ratio R")
+        samples = solve(energy, m, solver=args.solver, top_k=args.top_k, protect=_names(args.protect), force=_names(args.force))
+        rows = [
+            {"rank": i, "energy": float(e), "removed": names}
+            for i, (e, names) in enumerate(zip(samples.record.energy, solution_names(samples), strict=True))
+        ]
+        for row in rows:
+            print(f"{row['rank']:>3}  {row['energy']:.6g}  {' '.join(row['removed'])}")
+        info = {k: v for k, v in samples.info.items() if isinstance(v, (bool, int, float, str, type(None)))}
+        print(f"solver: {json.dumps(info)}")
+        if args.json:
+            from .atomic import write_json_atomic
+
+            write_json_atomic(args.json, {"candidates": rows, "info": info})
+
+
+class PruneCommand(_Leaf):
+    COMMAND = CommandInfo(name="prune", help="Choose blocks, remove them and save the pruned model.")
+
+    @staticmethod
+    def parse_args(parser: ArgumentParser) -> None:
+        _add_model_args(parser)
+        _add_calibration_args(parser)
+        _add_target_args(parser)
+        parser.add_argument("--output", "-o", default=None, help="folder for the pruned model (required)")
+        parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+
+    def execute(self, args: Namespace) -> None:
+        from .pruner import BlockPruner
+
+        if not args.output:
+            raise BlockPruneError("say where to save the pruned model: --output DIR")
+        config = _config_from_args(args)
+        pruner = BlockPruner.from_pretrained(args.model, adapter=args.adapter)
+        result = pruner.prune(config, args.output, overwrite=args.overwrite, progress=True)
+        print(f"removed {len(result.removed)} blocks: {' '.join(result.removed)}")
+        print(f"calibration loss {result.report['dense_loss']:.4f} -> {result.report['pruned_loss']:.4f}")
+        print(f"pruned model written to {result.path}")
+
+
+class BlockPruneCommand(BaseOptimumCLICommand):
+    COMMAND = CommandInfo(name="blockprune", help="Depth pruning: remove whole transformer blocks chosen by constrained binary optimisation.")
+    SUBCOMMANDS = (
+        CommandInfo(name="analyze", help=AnalyzeCommand.COMMAND.help, subcommand_class=AnalyzeCommand),
+        CommandInfo(name="solve", help=SolveCommand.COMMAND.help, subcommand_class=SolveCommand),
+        CommandInfo(name="prune", help=PruneCommand.COMMAND.help, subcommand_class=PruneCommand),
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point for ``python -m optimum_blockprune.cli``: same as ``optimum-cli blockprune``."""
+    from optimum.commands.optimum_cli import main as optimum_main
+
+    sys.argv = ["optimum-cli", "blockprune", *(sys.argv[1:] if argv is None else argv)]
+    optimum_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""``make demo``: prune 6 of SmolLM2-135M's 30 layers and show held-out perplexity before and after."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--remove", type=int, default=6, help="decoder layers to remove (default: 6)")
+    parser.add_argument("--output", default="outputs/smollm2-135m-pruned", help="where to save the pruned model")
+    parser.add_argument("--heldout-samples", type=int, default=64, help="held-out blocks of 128 tokens (default: 64)")
+    args = parser.parse_args(argv)
+
+    from transformers import AutoModelForCausalLM
+
+    from .config import BlockPruneConfig
+    from .demo_assets import demo_model_path
+    from .evaluation import heldout_data, perplexity
+    from .pruner import BlockPruner
+
+    t0 = time.perf_counter()
+    print("[1/4] preparing the demo model (converted once from the bundled GGUF file) ...", flush=True)
+    path = demo_model_path()
+    pruner = BlockPruner.from_pretrained(path)
+    heldout = heldout_data(pruner.tokenizer, args.heldout_samples)
+    print(f"[2/4] held-out perplexity of the dense model on {heldout.num_tokens} tokens ...", flush=True)
+    dense_ppl = perplexity(pruner.model, heldout, progress=True)
+    config = BlockPruneConfig(remove=args.remove)
+    print(f"[3/4] choosing {args.remove} of 30 layers with the '{config.energy}' energy and removing them ...", flush=True)
+    result = pruner.prune(config, args.output, overwrite=True, progress=True)
+    print("[4/4] reloading the saved model with stock transformers and measuring it ...", flush=True)
+    pruned = AutoModelForCausalLM.from_pretrained(result.path, dtype=torch.float32).eval()
+    pruned_ppl = perplexity(pruned, heldout, progress=True)
+    report = result.report
+    print()
+    print(f"removed layers     : {', '.join(result.removed)}")
+    print(f"parameters         : {report['parameters_before'] / 1e6:.1f}M -> {report['parameters_after'] / 1e6:.1f}M")
+    print(f"held-out perplexity: {dense_ppl:.2f} (dense) -> {pruned_ppl:.2f} (pruned)")
+    print(f"selection cost     : {report['cost']['forward_equivalents']} forward-pass equivalents, "
+          f"{report['cost']['backward_passes']} backward passes, {report['seconds']['select']:.0f} s")
+    print(f"pruned model saved : {Path(result.path)}")
+    print(f"total time         : {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
