@@ -109,7 +109,9 @@ class BlockPruner:
         return solve(energy, remove, **options)
 
     # ----------------------------------------------------------------- selection
-    def select(self, config: BlockPruneConfig, progress: bool = False) -> Selection:
+    def select(
+        self, config: BlockPruneConfig, progress: bool = False, scorer: LayerLossScorer | None = None
+    ) -> Selection:
         """Choose the blocks to remove: solve (in re-centring rounds for ``recentred``), then
         rerank each round's top-K candidates by their real calibration loss."""
         from .rerank import rerank
@@ -121,7 +123,8 @@ class BlockPruner:
         protect, force = list(config.protect or []), list(config.force or [])
         _positions(names, protect + force)  # validates names early
         data = self.calibration(config)
-        scorer = LayerLossScorer(self.model, self.adapter, data, config.batch_size)
+        scorer = scorer or LayerLossScorer(self.model, self.adapter, data, config.batch_size)
+        work_before = scorer.requested_layer_calls
         dense_loss = scorer.loss()
         chosen = list(force)
         rounds: list[dict[str, Any]] = []
@@ -155,8 +158,9 @@ class BlockPruner:
             })
         scorer.set_base([])
         pruned_loss = scorer.loss([blocks[i].layer for i in _positions(names, chosen)])
+        per_forward = scorer.n_layers * math.ceil(len(data) / config.batch_size)
         cost = {
-            "forward_equivalents": round(scorer.forward_equivalents, 2),
+            "forward_equivalents": round((scorer.requested_layer_calls - work_before) / per_forward + 1, 2),
             "backward_passes": backward_passes,
             "calibration_tokens": data.num_tokens,
         }

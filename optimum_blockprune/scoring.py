@@ -34,8 +34,10 @@ class LayerLossScorer:
         self.model, self.adapter, self.data = model, adapter, data
         self.layers = list(adapter.decoder_layers(model))
         self.n_layers = len(self.layers)
-        self.layer_calls = 0  # decoder-layer forwards over one calibration batch, for cost accounting
-        self.head_calls = 0
+        self.layer_calls = 0  # decoder-layer forwards over one calibration batch actually run
+        self.requested_layer_calls = 0  # the same, counting memoised results as if recomputed
+        self.evaluations = 0  # configurations scored (memoised ones included)
+        self._memo: dict[frozenset[int], np.ndarray] = {}
         self._batches = list(data.batches(batch_size))
         self._kwargs: list[list[dict]] = []
         self._inputs: list[list[torch.Tensor]] = []  # per batch, input of every layer under the base
@@ -44,8 +46,9 @@ class LayerLossScorer:
 
     @property
     def forward_equivalents(self) -> float:
-        """Work done so far, in dense forward passes over the calibration set."""
-        return self.layer_calls / (self.n_layers * len(self._batches))
+        """Work asked for so far (memoised results counted as recomputed), in dense forward
+        passes over the calibration set: decoder-layer forwards / number of layers."""
+        return self.requested_layer_calls / (self.n_layers * len(self._batches))
 
     @torch.no_grad()
     def _record_dense(self) -> None:
@@ -62,7 +65,7 @@ class LayerLossScorer:
                 self._inputs.append([h for h, _ in captured])
                 self._kwargs.append([kw for _, kw in captured])
                 self.layer_calls += self.n_layers
-                self.head_calls += 1
+                self.requested_layer_calls += self.n_layers
         finally:
             for handle in handles:
                 handle.remove()
@@ -96,6 +99,12 @@ class LayerLossScorer:
         extra = frozenset(extra) - self.base
         removed = self.base | extra
         start = min(extra) if extra else self.n_layers
+        self.evaluations += 1
+        self.requested_layer_calls += len(self._batches) * sum(
+            1 for j in range(min(start, self.n_layers - 1), self.n_layers) if j not in removed
+        )
+        if removed in self._memo:
+            return self._memo[removed]
         out = []
         for b, (ids, mask) in enumerate(self._batches):
             if start < self.n_layers:
@@ -103,9 +112,9 @@ class LayerLossScorer:
             else:
                 hidden = self._last_output(b)
             logits = self.adapter.logits(self.model, hidden)
-            self.head_calls += 1
             out.append(per_sample_loss(logits, ids, mask).double().numpy())
-        return np.concatenate(out)
+        self._memo[removed] = np.concatenate(out)
+        return self._memo[removed]
 
     def _last_output(self, b: int) -> torch.Tensor:
         last = self.n_layers - 1

@@ -1,0 +1,108 @@
+"""BlockPruner end to end on a tiny model: analyze, solve, select with rerank, prune and save."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_model
+
+from optimum_blockprune import BlockPruneError
+from optimum_blockprune.config import BlockPruneConfig
+from optimum_blockprune.gates import Gates, removal_gates
+from optimum_blockprune.pruner import BlockPruner, _round_targets
+
+
+def _config(tmp_path, corpus, **kw) -> BlockPruneConfig:
+    text = tmp_path / "cal.txt"
+    text.write_text("\n\n".join(corpus))
+    return BlockPruneConfig(calibration=str(text), num_samples=4, seq_len=16, batch_size=2, **kw)
+
+
+@pytest.mark.parametrize("energy", ["fisher", "taylor", "additive", "secant", "recentred"])
+def test_select_returns_valid_configuration_and_best_reranked(tmp_path, tokenizer, corpus, energy):
+    pruner = BlockPruner.from_pretrained(tiny_model("llama", 6), tokenizer=tokenizer)
+    config = _config(tmp_path, corpus, remove=3, energy=energy, top_k=5, protect=["layers.0"])
+    selection = pruner.select(config)
+    assert len(selection.removed) == 3 and "layers.0" not in selection.removed
+    last = selection.rounds[-1]
+    losses = [c["loss"] for c in last["candidates"]]
+    assert last["candidates"][last["chosen"]]["loss"] == min(losses)
+    assert selection.pruned_loss == pytest.approx(min(losses))
+    assert selection.cost["forward_equivalents"] > 0
+
+
+def test_recentred_rounds_fix_earlier_choices():
+    assert _round_targets(6, 0, "recentred") == [2, 4, 6]
+    assert _round_targets(5, 0, "recentred") == [2, 4, 5]
+    assert _round_targets(5, 0, "fisher") == [5]
+    with pytest.raises(BlockPruneError):
+        _round_targets(2, 2, "recentred")
+
+
+def test_analyze_energy_fields_are_real_single_removal_losses(tmp_path, tokenizer, corpus):
+    pruner = BlockPruner.from_pretrained(tiny_model("llama", 5), tokenizer=tokenizer)
+    config = _config(tmp_path, corpus, remove=1, energy="additive")
+    energy = pruner.analyze(config)
+    data = pruner.calibration(config)
+    from optimum_blockprune.scoring import per_sample_loss
+
+    with Gates(pruner.model, pruner.adapter, pruner.blocks()) as gates, torch.no_grad():
+        def loss(removed):
+            gates.values = removal_gates(5, removed) if removed else None
+            logits = pruner.model(input_ids=data.input_ids, attention_mask=data.attention_mask).logits
+            return per_sample_loss(logits, data.input_ids, data.attention_mask).double().mean().item()
+
+        dense = loss([])
+        for i in range(5):
+            assert energy.fields[i] == pytest.approx(loss([i]) - dense, abs=1e-5)
+
+
+def test_prune_saves_a_folder_that_reloads_with_equal_logits(tmp_path, tokenizer, corpus):
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_model("llama", 6)
+    reference = tiny_model("llama", 6)
+    pruner = BlockPruner.from_pretrained(model, tokenizer=tokenizer)
+    config = _config(tmp_path, corpus, remove=2, energy="additive")
+    out = tmp_path / "pruned"
+    result = pruner.prune(config, out)
+    written = {p.name for p in out.iterdir()}
+    assert {"blockprune_config.json", "blockprune_report.json", "config.json", "model.safetensors", "tokenizer.json"} <= written
+    report = json.loads((out / "blockprune_report.json").read_text())
+    assert report["removed"] == result.removed and len(result.removed) == 2
+    saved = BlockPruneConfig.from_pretrained(out)
+    assert saved.removed_blocks == result.removed
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    removed = [int(n.split(".")[1]) for n in result.removed]
+    ids = torch.randint(4, 300, (2, 10))
+    with Gates(reference, pruner.adapter, pruner.adapter.blocks(reference)) as gates, torch.no_grad():
+        gates.values = removal_gates(6, removed)
+        gated = reference(input_ids=ids).logits
+        assert (reloaded(input_ids=ids).logits - gated).abs().max().item() <= 1e-4
+    assert np.isfinite(report["pruned_loss"])
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary folders left
+
+
+def test_prune_refuses_non_empty_output_and_writes_nothing(tmp_path, tokenizer, corpus):
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    pruner = BlockPruner.from_pretrained(tiny_model("llama", 4), tokenizer=tokenizer)
+    with pytest.raises(BlockPruneError, match="not empty"):
+        pruner.prune(_config(tmp_path, corpus, remove=1, energy="additive"), out)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert len(pruner.adapter.decoder_layers(pruner.model)) == 4
+
+
+def test_bad_requests(tmp_path, tokenizer, corpus):
+    pruner = BlockPruner.from_pretrained(tiny_model("llama", 4), tokenizer=tokenizer)
+    for m in (4, 9):
+        with pytest.raises(BlockPruneError, match="choose between 1 and 3"):
+            pruner.select(_config(tmp_path, corpus, remove=m))
+    with pytest.raises(BlockPruneError, match="unknown block"):
+        pruner.select(_config(tmp_path, corpus, remove=1, protect=["layers.7"]))
+    with pytest.raises(BlockPruneError):
+        BlockPruneConfig(remove=0)
