@@ -55,7 +55,9 @@ class HeldOut:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--ms", default="4,6,8,2")
     parser.add_argument("--num-samples", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=128)
@@ -75,7 +77,9 @@ def main() -> None:
     results: dict = {"settings": vars(args), "calibration_tokens": data.num_tokens, "by_m": {}}
     t0 = time.perf_counter()
     results["dense_ppl"] = heldout([])
-    print(f"dense held-out perplexity {results['dense_ppl']:.2f} ({heldout.data.num_tokens} tokens)", flush=True)
+    print(
+        f"dense held-out perplexity {results['dense_ppl']:.2f} ({heldout.data.num_tokens} tokens)", flush=True
+    )
 
     scorer = LayerLossScorer(pruner.model, pruner.adapter, data, config.batch_size)
     per_forward = scorer.forward_equivalents
@@ -88,18 +92,31 @@ def main() -> None:
         "additive": loss_energy("additive", scorer, blocks),
         "secant": secant,
     }
-    base_cost = {"fisher": (1.0, 1), "taylor": (1.0, 1), "additive": (1.0 + scan_cost, 0), "secant": (1.0 + scan_cost, 0)}
+    base_cost = {
+        "fisher": (1.0, 1),
+        "taylor": (1.0, 1),
+        "additive": (1.0 + scan_cost, 0),
+        "secant": (1.0 + scan_cost, 0),
+    }
     bi = block_influence(pruner.model, pruner.adapter, data, config.batch_size)
     print(f"analysis done in {time.perf_counter() - t0:.0f} s", flush=True)
 
     for m in [int(x) for x in args.ms.split(",")]:
         rows: dict[str, dict] = {}
 
-        def record(name: str, removed: list[int], fwd: float, bwd: int, **extra) -> None:
-            rows[name] = {"removed": [blocks[i].name for i in sorted(removed)], "ppl": heldout(removed),
-                          "calibration_loss": scorer.loss([blocks[i].layer for i in removed]),
-                          "forward_equivalents": round(fwd, 2), "backward_passes": bwd, **extra}
-            print(f"  M={m} {name:<22} ppl {rows[name]['ppl']:8.2f}  cost {fwd:6.1f} fwd {bwd} bwd  {rows[name]['removed']}", flush=True)
+        def record(name: str, removed: list[int], fwd: float, bwd: int, m=m, rows=rows, **extra) -> None:
+            rows[name] = {
+                "removed": [blocks[i].name for i in sorted(removed)],
+                "ppl": heldout(removed),
+                "calibration_loss": scorer.loss([blocks[i].layer for i in removed]),
+                "forward_equivalents": round(fwd, 2),
+                "backward_passes": bwd,
+                **extra,
+            }
+            print(
+                f"  M={m} {name:<22} ppl {rows[name]['ppl']:8.2f}  cost {fwd:6.1f} fwd {bwd} bwd  {rows[name]['removed']}",
+                flush=True,
+            )
 
         for variant in ONE_SHOT:
             fwd, bwd = base_cost[variant]
@@ -129,7 +146,10 @@ def main() -> None:
             "random": {"best_ppl": float(min(ppls)), "median_ppl": float(np.median(ppls)), "ppls": ppls},
             "spearman_vs_calibration_loss": corr,
         }
-        print(f"  M={m} random best {min(ppls):.2f} median {np.median(ppls):.2f}; spearman {json.dumps({k: round(v, 3) for k, v in corr.items()})}", flush=True)
+        print(
+            f"  M={m} random best {min(ppls):.2f} median {np.median(ppls):.2f}; spearman {json.dumps({k: round(v, 3) for k, v in corr.items()})}",
+            flush=True,
+        )
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2))
 
@@ -142,8 +162,14 @@ def main() -> None:
 def print_table(results: dict) -> None:
     ms = sorted(results["by_m"], key=int)
     names = list(next(iter(results["by_m"].values()))["methods"])
-    print(f"\nheld-out perplexity (dense {results['dense_ppl']:.2f}); cost = forward-pass equivalents / backward passes")
-    print(f"{'method':<22}" + "".join(f"{'M=' + str(m):>12}" for m in ms) + f"{'cost (M=' + str(ms[-1]) + ')':>20}")
+    print(
+        f"\nheld-out perplexity (dense {results['dense_ppl']:.2f}); cost = forward-pass equivalents / backward passes"
+    )
+    print(
+        f"{'method':<22}"
+        + "".join(f"{'M=' + str(m):>12}" for m in ms)
+        + f"{'cost (M=' + str(ms[-1]) + ')':>20}"
+    )
     for name in names:
         cells = "".join(f"{results['by_m'][m]['methods'][name]['ppl']:>12.2f}" for m in ms)
         last = results["by_m"][ms[-1]]["methods"][name]
@@ -152,7 +178,10 @@ def print_table(results: dict) -> None:
         print(f"{label:<22}" + "".join(f"{results['by_m'][m]['random'][key]:>12.2f}" for m in ms))
     print("\nSpearman(energy, calibration loss) over the random configurations")
     for v in ONE_SHOT:
-        print(f"{v:<22}" + "".join(f"{results['by_m'][m]['spearman_vs_calibration_loss'][v]:>12.3f}" for m in ms))
+        print(
+            f"{v:<22}"
+            + "".join(f"{results['by_m'][m]['spearman_vs_calibration_loss'][v]:>12.3f}" for m in ms)
+        )
 
 
 if __name__ == "__main__":

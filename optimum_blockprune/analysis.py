@@ -80,7 +80,9 @@ def loss_energy(
     )
 
 
-def gradient_energy(variant: str, A: np.ndarray, blocks: Sequence[Block], base: Sequence[int] = ()) -> EnergyModel:
+def gradient_energy(
+    variant: str, A: np.ndarray, blocks: Sequence[Block], base: Sequence[int] = ()
+) -> EnergyModel:
     """The paper's Fisher energy, or the full second-order Taylor energy, from gate gradients A."""
     names = [b.name for b in blocks]
     params = [b.num_params for b in blocks]

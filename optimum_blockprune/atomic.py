@@ -35,7 +35,9 @@ def check_output_dir(target: str | os.PathLike, overwrite: bool) -> Path:
     if target.exists() and not target.is_dir():
         raise BlockPruneError(f"output {target} is a file, not a folder; choose another --output")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise BlockPruneError(f"output folder {target} is not empty; pass --overwrite to replace it or choose another --output")
+        raise BlockPruneError(
+            f"output folder {target} is not empty; pass --overwrite to replace it or choose another --output"
+        )
     return target
 
 

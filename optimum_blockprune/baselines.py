@@ -12,7 +12,9 @@ from .calibration import CalibrationData
 
 
 @torch.no_grad()
-def block_influence(model: nn.Module, adapter: Adapter, data: CalibrationData, batch_size: int = 8) -> np.ndarray:
+def block_influence(
+    model: nn.Module, adapter: Adapter, data: CalibrationData, batch_size: int = 8
+) -> np.ndarray:
     """ShortGPT block influence per decoder layer: 1 - mean token cosine(layer input, layer output).
 
     Inputs and outputs are captured with hooks on the layers (not ``output_hidden_states``, whose

@@ -38,4 +38,6 @@ def parse_block_name(name: str) -> tuple[int, str]:
         kind = parts[2] if len(parts) == 3 else "layer"
         if kind in KINDS:
             return int(parts[1]), kind
-    raise ValueError(f"not a block name: {name!r}; expected 'layers.<i>' or 'layers.<i>.<{'|'.join(BRANCH_KINDS)}>'")
+    raise ValueError(
+        f"not a block name: {name!r}; expected 'layers.<i>' or 'layers.<i>.<{'|'.join(BRANCH_KINDS)}>'"
+    )

@@ -45,7 +45,9 @@ def load_texts(source: str, split: str = "calibration", text_field: str = "text"
         return demo_texts(split)
     path = Path(source)
     if not path.exists():
-        raise BlockPruneError(f"calibration source not found: {source}; give a .txt/.jsonl file, a saved dataset folder or 'demo'")
+        raise BlockPruneError(
+            f"calibration source not found: {source}; give a .txt/.jsonl file, a saved dataset folder or 'demo'"
+        )
     if path.is_dir():
         import datasets
 
@@ -56,11 +58,17 @@ def load_texts(source: str, split: str = "calibration", text_field: str = "text"
         if isinstance(ds, datasets.DatasetDict):
             ds = ds["train"] if "train" in ds else next(iter(ds.values()))
         if text_field not in ds.column_names:
-            raise BlockPruneError(f"dataset {path} has no column {text_field!r}; columns: {', '.join(ds.column_names)}")
+            raise BlockPruneError(
+                f"dataset {path} has no column {text_field!r}; columns: {', '.join(ds.column_names)}"
+            )
         return [str(t) for t in ds[text_field]]
     raw = path.read_text(encoding="utf-8", errors="replace")
     if path.suffix in (".jsonl", ".json"):
-        records = [json.loads(line) for line in raw.splitlines() if line.strip()] if path.suffix == ".jsonl" else json.loads(raw)
+        records = (
+            [json.loads(line) for line in raw.splitlines() if line.strip()]
+            if path.suffix == ".jsonl"
+            else json.loads(raw)
+        )
         try:
             return [str(r[text_field]) for r in records]
         except (KeyError, TypeError):
@@ -92,9 +100,17 @@ def build_calibration(
     if chat_template:
         if not getattr(tokenizer, "chat_template", None):
             raise BlockPruneError("the tokenizer has no chat template; drop --chat-template")
-        texts = [tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False) for t in texts]
+        texts = [
+            tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False) for t in texts
+        ]
     add_special = not chat_template
-    meta = {"source": source, "num_samples": num_samples, "seq_len": seq_len, "pack": pack, "chat_template": chat_template}
+    meta = {
+        "source": source,
+        "num_samples": num_samples,
+        "seq_len": seq_len,
+        "pack": pack,
+        "chat_template": chat_template,
+    }
     if pack:
         sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
         need = num_samples * seq_len
@@ -113,14 +129,22 @@ def build_calibration(
         ids = torch.tensor(stream[:need], dtype=torch.long).view(num_samples, seq_len)
         return CalibrationData(ids, torch.ones_like(ids), meta)
     if len(texts) < num_samples:
-        raise BlockPruneError(f"calibration text has {len(texts)} documents, need {num_samples}; give more or lower --num-samples")
+        raise BlockPruneError(
+            f"calibration text has {len(texts)} documents, need {num_samples}; give more or lower --num-samples"
+        )
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     enc = tokenizer(
-        list(texts[:num_samples]), truncation=True, max_length=seq_len, padding="max_length",
-        return_tensors="pt", add_special_tokens=add_special,
+        list(texts[:num_samples]),
+        truncation=True,
+        max_length=seq_len,
+        padding="max_length",
+        return_tensors="pt",
+        add_special_tokens=add_special,
     )
     if int(enc["attention_mask"].sum(dim=1).min()) < 2:
-        raise BlockPruneError("a calibration document has fewer than 2 tokens; remove empty or one-word documents")
+        raise BlockPruneError(
+            "a calibration document has fewer than 2 tokens; remove empty or one-word documents"
+        )
     return CalibrationData(enc["input_ids"], enc["attention_mask"], meta)

@@ -18,21 +18,38 @@ ENERGY_CHOICES = ("recentred", "secant", "fisher", "taylor", "additive")
 
 def _add_model_args(parser: ArgumentParser) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--model", "-m", default=None, help="model folder (default: the bundled SmolLM2-135M-Instruct demo model)")
+    group.add_argument(
+        "--model",
+        "-m",
+        default=None,
+        help="model folder (default: the bundled SmolLM2-135M-Instruct demo model)",
+    )
     group.add_argument("--adapter", default=None, help="architecture adapter name (default: detected)")
     group.add_argument("--list-adapters", action="store_true", help="list registered adapters and exit")
 
 
 def _add_calibration_args(parser: ArgumentParser) -> None:
     group = parser.add_argument_group("calibration")
-    group.add_argument("--calibration", default="demo", help="'demo', a .txt/.jsonl file or a saved datasets folder (default: demo)")
-    group.add_argument("--text-field", default="text", help="field holding the text in .jsonl / dataset sources")
+    group.add_argument(
+        "--calibration",
+        default="demo",
+        help="'demo', a .txt/.jsonl file or a saved datasets folder (default: demo)",
+    )
+    group.add_argument(
+        "--text-field", default="text", help="field holding the text in .jsonl / dataset sources"
+    )
     group.add_argument("--num-samples", type=int, default=32, help="calibration samples (default: 32)")
     group.add_argument("--seq-len", type=int, default=128, help="tokens per sample (default: 128)")
     group.add_argument("--batch-size", type=int, default=8, help="samples per forward pass (default: 8)")
-    group.add_argument("--chat-template", action="store_true", help="render texts with the tokenizer's chat template")
-    group.add_argument("--no-pack", action="store_true", help="one padded sample per document instead of packed blocks")
-    group.add_argument("--energy", default="recentred", choices=ENERGY_CHOICES, help="energy variant (default: recentred)")
+    group.add_argument(
+        "--chat-template", action="store_true", help="render texts with the tokenizer's chat template"
+    )
+    group.add_argument(
+        "--no-pack", action="store_true", help="one padded sample per document instead of packed blocks"
+    )
+    group.add_argument(
+        "--energy", default="recentred", choices=ENERGY_CHOICES, help="energy variant (default: recentred)"
+    )
 
 
 def _add_target_args(parser: ArgumentParser) -> None:
@@ -40,11 +57,15 @@ def _add_target_args(parser: ArgumentParser) -> None:
     target = group.add_mutually_exclusive_group()
     target.add_argument("--remove", "-n", type=int, default=None, help="number of blocks to remove")
     target.add_argument("--ratio", type=float, default=None, help="fraction of blocks to remove")
-    group.add_argument("--protect", default="", help="comma-separated block names never removed, e.g. layers.0,layers.29")
+    group.add_argument(
+        "--protect", default="", help="comma-separated block names never removed, e.g. layers.0,layers.29"
+    )
     group.add_argument("--force", default="", help="comma-separated block names always removed")
     group.add_argument("--solver", default="auto", help="solver name (default: auto); see --list-solvers")
     group.add_argument("--list-solvers", action="store_true", help="list registered solvers and exit")
-    group.add_argument("--top-k", type=int, default=10, help="candidates to rerank by real loss (default: 10)")
+    group.add_argument(
+        "--top-k", type=int, default=10, help="candidates to rerank by real loss (default: 10)"
+    )
 
 
 def _names(text: str) -> list[str]:
@@ -103,7 +124,9 @@ class _Leaf(BaseOptimumCLICommand):
 
 
 class AnalyzeCommand(_Leaf):
-    COMMAND = CommandInfo(name="analyze", help="Compute the energy model of a model's blocks on calibration text.")
+    COMMAND = CommandInfo(
+        name="analyze", help="Compute the energy model of a model's blocks on calibration text."
+    )
 
     @staticmethod
     def parse_args(parser: ArgumentParser) -> None:
@@ -120,7 +143,14 @@ class AnalyzeCommand(_Leaf):
         out = Path(args.output)
         if out.exists() and not args.overwrite:
             raise BlockPruneError(f"{out} already exists; pass --overwrite to replace it")
-        args.remove, args.ratio, args.protect, args.force, args.solver, args.top_k = 1, None, "", "", "auto", 10
+        args.remove, args.ratio, args.protect, args.force, args.solver, args.top_k = (
+            1,
+            None,
+            "",
+            "",
+            "auto",
+            10,
+        )
         config = _config_from_args(args)
         pruner = BlockPruner.from_pretrained(args.model, adapter=args.adapter)
         energy = pruner.analyze(config, progress=True)
@@ -129,11 +159,15 @@ class AnalyzeCommand(_Leaf):
 
 
 class SolveCommand(_Leaf):
-    COMMAND = CommandInfo(name="solve", help="List the lowest-energy removal configurations of an energy file.")
+    COMMAND = CommandInfo(
+        name="solve", help="List the lowest-energy removal configurations of an energy file."
+    )
 
     @staticmethod
     def parse_args(parser: ArgumentParser) -> None:
-        parser.add_argument("--energy-file", "-e", default="energy.safetensors", help="file written by 'analyze'")
+        parser.add_argument(
+            "--energy-file", "-e", default="energy.safetensors", help="file written by 'analyze'"
+        )
         _add_target_args(parser)
         parser.add_argument("--json", default=None, help="also write the candidates to this JSON file")
 
@@ -146,7 +180,14 @@ class SolveCommand(_Leaf):
         m = args.remove if args.remove is not None else round((args.ratio or 0) * n)
         if args.remove is None and args.ratio is None:
             raise BlockPruneError("say how much to remove: --remove N or --ratio R")
-        samples = solve(energy, m, solver=args.solver, top_k=args.top_k, protect=_names(args.protect), force=_names(args.force))
+        samples = solve(
+            energy,
+            m,
+            solver=args.solver,
+            top_k=args.top_k,
+            protect=_names(args.protect),
+            force=_names(args.force),
+        )
         rows = [
             {"rank": i, "energy": float(e), "removed": names}
             for i, (e, names) in enumerate(zip(samples.record.energy, solution_names(samples), strict=True))
@@ -186,7 +227,10 @@ class PruneCommand(_Leaf):
 
 
 class BlockPruneCommand(BaseOptimumCLICommand):
-    COMMAND = CommandInfo(name="blockprune", help="Depth pruning: remove whole transformer blocks chosen by constrained binary optimisation.")
+    COMMAND = CommandInfo(
+        name="blockprune",
+        help="Depth pruning: remove whole transformer blocks chosen by constrained binary optimisation.",
+    )
     SUBCOMMANDS = (
         CommandInfo(name="analyze", help=AnalyzeCommand.COMMAND.help, subcommand_class=AnalyzeCommand),
         CommandInfo(name="solve", help=SolveCommand.COMMAND.help, subcommand_class=SolveCommand),

@@ -45,13 +45,17 @@ class BlockPruneConfig(BaseConfig):
     def validate_settings(self) -> None:
         """Raise BlockPruneError naming the first bad setting and how to fix it."""
         if (self.remove is None) == (self.ratio is None):
-            raise BlockPruneError("give exactly one of remove (a block count) or ratio (a fraction of blocks)")
+            raise BlockPruneError(
+                "give exactly one of remove (a block count) or ratio (a fraction of blocks)"
+            )
         if self.remove is not None and (not isinstance(self.remove, int) or self.remove <= 0):
             raise BlockPruneError(f"remove must be a positive number of blocks, got {self.remove!r}")
         if self.ratio is not None and not 0 < float(self.ratio) < 1:
             raise BlockPruneError(f"ratio must lie strictly between 0 and 1, got {self.ratio!r}")
         if self.granularity not in GRANULARITIES:
-            raise BlockPruneError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {self.granularity!r}")
+            raise BlockPruneError(
+                f"granularity must be one of {', '.join(GRANULARITIES)}, got {self.granularity!r}"
+            )
         if self.energy not in ENERGY_VARIANTS:
             raise BlockPruneError(f"energy must be one of {', '.join(ENERGY_VARIANTS)}, got {self.energy!r}")
         for name in ("top_k", "num_samples", "batch_size"):

@@ -12,8 +12,12 @@ import torch
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--remove", type=int, default=6, help="decoder layers to remove (default: 6)")
-    parser.add_argument("--output", default="outputs/smollm2-135m-pruned", help="where to save the pruned model")
-    parser.add_argument("--heldout-samples", type=int, default=64, help="held-out blocks of 128 tokens (default: 64)")
+    parser.add_argument(
+        "--output", default="outputs/smollm2-135m-pruned", help="where to save the pruned model"
+    )
+    parser.add_argument(
+        "--heldout-samples", type=int, default=64, help="held-out blocks of 128 tokens (default: 64)"
+    )
     args = parser.parse_args(argv)
 
     from transformers import AutoModelForCausalLM
@@ -31,7 +35,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"[2/4] held-out perplexity of the dense model on {heldout.num_tokens} tokens ...", flush=True)
     dense_ppl = perplexity(pruner.model, heldout, progress=True)
     config = BlockPruneConfig(remove=args.remove)
-    print(f"[3/4] choosing {args.remove} of 30 layers with the '{config.energy}' energy and removing them ...", flush=True)
+    print(
+        f"[3/4] choosing {args.remove} of 30 layers with the '{config.energy}' energy and removing them ...",
+        flush=True,
+    )
     result = pruner.prune(config, args.output, overwrite=True, progress=True)
     print("[4/4] reloading the saved model with stock transformers and measuring it ...", flush=True)
     pruned = AutoModelForCausalLM.from_pretrained(result.path, dtype=torch.float32).eval()
@@ -39,10 +46,14 @@ def main(argv: list[str] | None = None) -> None:
     report = result.report
     print()
     print(f"removed layers     : {', '.join(result.removed)}")
-    print(f"parameters         : {report['parameters_before'] / 1e6:.1f}M -> {report['parameters_after'] / 1e6:.1f}M")
+    print(
+        f"parameters         : {report['parameters_before'] / 1e6:.1f}M -> {report['parameters_after'] / 1e6:.1f}M"
+    )
     print(f"held-out perplexity: {dense_ppl:.2f} (dense) -> {pruned_ppl:.2f} (pruned)")
-    print(f"selection cost     : {report['cost']['forward_equivalents']} forward-pass equivalents, "
-          f"{report['cost']['backward_passes']} backward passes, {report['seconds']['select']:.0f} s")
+    print(
+        f"selection cost     : {report['cost']['forward_equivalents']} forward-pass equivalents, "
+        f"{report['cost']['backward_passes']} backward passes, {report['seconds']['select']:.0f} s"
+    )
     print(f"pruned model saved : {Path(result.path)}")
     print(f"total time         : {time.perf_counter() - t0:.0f} s")
 

@@ -26,7 +26,11 @@ SPLITS = ("calibration", "heldout")
 def cache_dir() -> Path:
     """Where converted models live: ``$OPTIMUM_BLOCKPRUNE_CACHE`` or ``~/.cache/optimum_blockprune``."""
     env = os.environ.get("OPTIMUM_BLOCKPRUNE_CACHE")
-    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "optimum_blockprune"
+    base = (
+        Path(env)
+        if env
+        else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "optimum_blockprune"
+    )
     return base
 
 

@@ -64,7 +64,9 @@ class EnergyModel:
             if couplings is None:
                 couplings = H
         self.fields = np.zeros(n) if fields is None else np.asarray(fields, dtype=np.float64).copy()
-        self.couplings = np.zeros((n, n)) if couplings is None else np.asarray(couplings, dtype=np.float64).copy()
+        self.couplings = (
+            np.zeros((n, n)) if couplings is None else np.asarray(couplings, dtype=np.float64).copy()
+        )
         if self.fields.shape != (n,) or self.couplings.shape != (n, n):
             raise BlockPruneError(
                 f"fields must have shape ({n},) and couplings ({n}, {n}); got {self.fields.shape} and {self.couplings.shape}"
@@ -72,7 +74,9 @@ class EnergyModel:
         if not (np.isfinite(self.fields).all() and np.isfinite(self.couplings).all()):
             raise BlockPruneError("fields and couplings must be finite numbers")
         self.couplings = (self.couplings + self.couplings.T) / 2
-        self.num_params = np.zeros(n, dtype=np.int64) if num_params is None else np.asarray(num_params, dtype=np.int64)
+        self.num_params = (
+            np.zeros(n, dtype=np.int64) if num_params is None else np.asarray(num_params, dtype=np.int64)
+        )
         if self.num_params.shape != (n,):
             raise BlockPruneError(f"num_params must have {n} entries")
         self.variant = variant
@@ -147,7 +151,9 @@ class EnergyModel:
 
         path = Path(path)
         if not path.is_file():
-            raise BlockPruneError(f"energy file not found: {path}; run 'optimum-cli blockprune analyze' first")
+            raise BlockPruneError(
+                f"energy file not found: {path}; run 'optimum-cli blockprune analyze' first"
+            )
         try:
             with safe_open(str(path), framework="numpy") as f:
                 meta = f.metadata() or {}

@@ -38,7 +38,9 @@ def gate_gradients(
     rows, losses = [], []
     try:
         with Gates(model, adapter, blocks) as gates:
-            batches = tqdm(list(data.batches(batch_size)), desc="gate gradients", disable=not progress, unit="batch")
+            batches = tqdm(
+                list(data.batches(batch_size)), desc="gate gradients", disable=not progress, unit="batch"
+            )
             for ids, mask in batches:
                 alpha = torch.ones(ids.shape[0], n)
                 alpha[:, list(removed)] = 0.0

@@ -20,14 +20,21 @@ def _first_line(exc: BaseException) -> str:
 
 
 def load_model_and_tokenizer(
-    model_or_path: str | Path | nn.Module | None, *, tokenizer: Any = None, dtype: torch.dtype = torch.float32,
+    model_or_path: str | Path | nn.Module | None,
+    *,
+    tokenizer: Any = None,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[nn.Module, Any, str]:
     """(model, tokenizer, model_id). ``None`` means the bundled demo model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if isinstance(model_or_path, nn.Module):
         config = getattr(model_or_path, "config", None)
-        return model_or_path, tokenizer, str(getattr(config, "_name_or_path", "") or type(model_or_path).__name__)
+        return (
+            model_or_path,
+            tokenizer,
+            str(getattr(config, "_name_or_path", "") or type(model_or_path).__name__),
+        )
     if model_or_path is None:
         from .demo_assets import demo_model_path
 

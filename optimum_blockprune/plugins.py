@@ -94,7 +94,9 @@ def get_adapter(model: nn.Module, name: str | None = None) -> Adapter:
     registry = adapters()
     if name is not None:
         if name not in registry:
-            raise BlockPruneError(f"unknown adapter {name!r}; registered adapters: {', '.join(sorted(registry))}")
+            raise BlockPruneError(
+                f"unknown adapter {name!r}; registered adapters: {', '.join(sorted(registry))}"
+            )
         return registry[name]
     for adapter in registry.values():
         if adapter.supports(model):

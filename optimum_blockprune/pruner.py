@@ -58,8 +58,12 @@ class BlockPruner:
     # ----------------------------------------------------------------- construction
     @classmethod
     def from_pretrained(
-        cls, model_or_path: str | Path | nn.Module | None = None, *, tokenizer: Any = None,
-        adapter: str | None = None, dtype: torch.dtype = torch.float32,
+        cls,
+        model_or_path: str | Path | nn.Module | None = None,
+        *,
+        tokenizer: Any = None,
+        adapter: str | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> BlockPruner:
         """Load a model folder (default: the bundled demo model) or wrap an in-memory model."""
         from .loading import load_model_and_tokenizer
@@ -76,15 +80,25 @@ class BlockPruner:
         if key not in self._data_cache:
             texts = load_texts(config.calibration, "calibration")
             self._data_cache[key] = build_calibration(
-                self.tokenizer, texts, config.num_samples, config.seq_len,
-                pack=config.pack, chat_template=config.chat_template, source=config.calibration,
+                self.tokenizer,
+                texts,
+                config.num_samples,
+                config.seq_len,
+                pack=config.pack,
+                chat_template=config.chat_template,
+                source=config.calibration,
             )
         return self._data_cache[key]
 
     # ----------------------------------------------------------------- analysis
     def analyze(
-        self, config: BlockPruneConfig | None = None, *, base: list[str] | None = None,
-        scorer: LayerLossScorer | None = None, exclude: list[str] | None = None, progress: bool = False,
+        self,
+        config: BlockPruneConfig | None = None,
+        *,
+        base: list[str] | None = None,
+        scorer: LayerLossScorer | None = None,
+        exclude: list[str] | None = None,
+        progress: bool = False,
     ) -> EnergyModel:
         """The energy model of ``config.energy`` at the configuration that removes ``base``."""
         config = config or BlockPruneConfig(remove=1)
@@ -94,11 +108,15 @@ class BlockPruner:
         data = self.calibration(config)
         meta = {"model_id": self.model_id, "calibration": data.metadata, "num_tokens": data.num_tokens}
         if config.energy in GRADIENT_VARIANTS:
-            A, _ = gate_gradients(self.model, self.adapter, blocks, data, config.batch_size, base_pos, progress)
+            A, _ = gate_gradients(
+                self.model, self.adapter, blocks, data, config.batch_size, base_pos, progress
+            )
             energy = gradient_energy(config.energy, A, blocks, base_pos)
         else:
             scorer = scorer or LayerLossScorer(self.model, self.adapter, data, config.batch_size)
-            energy = loss_energy(config.energy, scorer, blocks, base_pos, _positions(names, exclude or []), progress)
+            energy = loss_energy(
+                config.energy, scorer, blocks, base_pos, _positions(names, exclude or []), progress
+            )
         energy.metadata.update(meta)
         return energy
 
@@ -138,24 +156,35 @@ class BlockPruner:
                 backward_passes += 1
             free = [n for n in names if n not in chosen and n not in exclude and n not in protect]
             order = np.argsort(energy.fields[_positions(names, free)])
-            pool = [free[i] for i in order[: RECENTRE_POOL]]
+            pool = [free[i] for i in order[:RECENTRE_POOL]]
             samples = self.solve(
-                energy, target, solver=config.solver, top_k=config.top_k, protect=protect + exclude, force=chosen,
+                energy,
+                target,
+                solver=config.solver,
+                top_k=config.top_k,
+                protect=protect + exclude,
+                force=chosen,
             )
             candidates = solution_names(samples)
             scores = rerank(scorer, blocks, candidates, base=chosen, progress=progress)
             best = int(np.argmin(scores))
             chosen = candidates[best]
-            rounds.append({
-                "target": target,
-                "candidates": [
-                    {"removed": c, "energy": float(e), "loss": float(s)}
-                    for c, e, s in zip(candidates, samples.record.energy, scores, strict=True)
-                ],
-                "chosen": best,
-                "solver": {k: v for k, v in samples.info.items() if isinstance(v, (bool, int, float, str, type(None)))},
-                "seconds": time.perf_counter() - t0,
-            })
+            rounds.append(
+                {
+                    "target": target,
+                    "candidates": [
+                        {"removed": c, "energy": float(e), "loss": float(s)}
+                        for c, e, s in zip(candidates, samples.record.energy, scores, strict=True)
+                    ],
+                    "chosen": best,
+                    "solver": {
+                        k: v
+                        for k, v in samples.info.items()
+                        if isinstance(v, (bool, int, float, str, type(None)))
+                    },
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
         scorer.set_base([])
         pruned_loss = scorer.loss([blocks[i].layer for i in _positions(names, chosen)])
         per_forward = scorer.n_layers * math.ceil(len(data) / config.batch_size)
@@ -168,7 +197,12 @@ class BlockPruner:
 
     # ----------------------------------------------------------------- prune and save
     def prune(
-        self, config: BlockPruneConfig, save_dir: str | Path, *, overwrite: bool = False, progress: bool = False,
+        self,
+        config: BlockPruneConfig,
+        save_dir: str | Path,
+        *,
+        overwrite: bool = False,
+        progress: bool = False,
     ) -> PruneResult:
         """Select blocks, delete them from the model, and save model, tokenizer, config and report
         atomically to ``save_dir``. The in-memory model is pruned in place."""
@@ -205,9 +239,7 @@ def _positions(names: list[str], wanted: list[str]) -> list[int]:
     lookup = {n: i for i, n in enumerate(names)}
     unknown = [w for w in wanted if w not in lookup]
     if unknown:
-        raise BlockPruneError(
-            f"unknown block {unknown[0]!r}; blocks are named {names[0]} ... {names[-1]}"
-        )
+        raise BlockPruneError(f"unknown block {unknown[0]!r}; blocks are named {names[0]} ... {names[-1]}")
     return [lookup[w] for w in wanted]
 
 

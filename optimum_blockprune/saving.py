@@ -28,8 +28,13 @@ def versions() -> dict[str, str]:
 
 
 def save_pruned(
-    model: nn.Module, tokenizer: Any, config: BlockPruneConfig, report: dict[str, Any],
-    save_dir: str | Path, *, overwrite: bool = False,
+    model: nn.Module,
+    tokenizer: Any,
+    config: BlockPruneConfig,
+    report: dict[str, Any],
+    save_dir: str | Path,
+    *,
+    overwrite: bool = False,
 ) -> Path:
     """Write everything to a temporary sibling folder, then rename it into place."""
     target = Path(save_dir)

@@ -18,7 +18,9 @@ from .adapters.base import Adapter
 from .calibration import CalibrationData
 
 
-def per_sample_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def per_sample_loss(
+    logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
     """Mean next-token cross-entropy of each sample over its non-padding targets, shape [batch]."""
     ce = F.cross_entropy(
         logits[:, :-1].float().reshape(-1, logits.shape[-1]), input_ids[:, 1:].reshape(-1), reduction="none"
@@ -30,7 +32,9 @@ def per_sample_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mas
 class LayerLossScorer:
     """Per-sample calibration losses of layer-removal configurations (indices are ORIGINAL layers)."""
 
-    def __init__(self, model: nn.Module, adapter: Adapter, data: CalibrationData, batch_size: int = 8) -> None:
+    def __init__(
+        self, model: nn.Module, adapter: Adapter, data: CalibrationData, batch_size: int = 8
+    ) -> None:
         self.model, self.adapter, self.data = model, adapter, data
         self.layers = list(adapter.decoder_layers(model))
         self.n_layers = len(self.layers)
@@ -55,7 +59,12 @@ class LayerLossScorer:
         captured: list[tuple] = []
 
         def grab(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            captured.append((args[0] if args else kwargs["hidden_states"], {k: v for k, v in kwargs.items() if k != "hidden_states"}))
+            captured.append(
+                (
+                    args[0] if args else kwargs["hidden_states"],
+                    {k: v for k, v in kwargs.items() if k != "hidden_states"},
+                )
+            )
 
         handles = [layer.register_forward_pre_hook(grab, with_kwargs=True) for layer in self.layers]
         try:
@@ -70,7 +79,9 @@ class LayerLossScorer:
             for handle in handles:
                 handle.remove()
 
-    def _run(self, b: int, hidden: torch.Tensor, start: int, removed: frozenset[int], record: bool = False) -> torch.Tensor:
+    def _run(
+        self, b: int, hidden: torch.Tensor, start: int, removed: frozenset[int], record: bool = False
+    ) -> torch.Tensor:
         for j in range(start, self.n_layers):
             if record:
                 self._inputs[b][j] = hidden

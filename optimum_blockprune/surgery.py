@@ -8,7 +8,13 @@ from torch import nn
 from transformers import PretrainedConfig
 
 # Lists with one entry per layer: keep the entries of kept layers.
-PER_LAYER_LISTS = ("layer_types", "mlp_layer_types", "layers_block_type", "mtp_layer_types", "layer_rope_theta")
+PER_LAYER_LISTS = (
+    "layer_types",
+    "mlp_layer_types",
+    "layers_block_type",
+    "mtp_layer_types",
+    "layer_rope_theta",
+)
 # Lists of layer indices: keep kept layers' indices, renumbered.
 LAYER_INDEX_LISTS = ("mlp_only_layers", "no_rope_layers")
 

@@ -24,12 +24,22 @@ def tiny_config(model_type: str = "llama", layers: int = 6):
     from transformers import AutoConfig
 
     kwargs = dict(
-        vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0,
-        eos_token_id=1, bos_token_id=2, tie_word_embeddings=False,
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+        tie_word_embeddings=False,
     )
     if model_type == "qwen3":
-        kwargs["layer_types"] = ["full_attention" if i % 2 == 0 else "sliding_attention" for i in range(layers)]
+        kwargs["layer_types"] = [
+            "full_attention" if i % 2 == 0 else "sliding_attention" for i in range(layers)
+        ]
         kwargs["sliding_window"] = 8
         kwargs["use_sliding_window"] = True
     if model_type == "mistral":

@@ -19,7 +19,9 @@ CAL = ["--num-samples", "4", "--seq-len", "16", "--batch-size", "2"]
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([CLI, "blockprune", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+    return subprocess.run(
+        [CLI, "blockprune", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600
+    )
 
 
 def assert_user_error(proc: subprocess.CompletedProcess, fragment: str) -> None:
@@ -45,8 +47,20 @@ def test_blockprune_is_registered_with_optimum_cli():
 
 def test_prune_writes_a_loadable_model(tmp_path, tiny_model_dir, text_file):
     out = tmp_path / "out"
-    proc = run("prune", "--model", str(tiny_model_dir), "--calibration", str(text_file), *CAL,
-               "--remove", "2", "--energy", "additive", "--output", str(out))
+    proc = run(
+        "prune",
+        "--model",
+        str(tiny_model_dir),
+        "--calibration",
+        str(text_file),
+        *CAL,
+        "--remove",
+        "2",
+        "--energy",
+        "additive",
+        "--output",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr
     assert "removed 2 blocks" in proc.stdout
     from transformers import AutoModelForCausalLM
@@ -59,13 +73,25 @@ def test_prune_writes_a_loadable_model(tmp_path, tiny_model_dir, text_file):
 
 def test_analyze_then_solve(tmp_path, tiny_model_dir, text_file):
     energy_path = tmp_path / "e.safetensors"
-    proc = run("analyze", "--model", str(tiny_model_dir), "--calibration", str(text_file), *CAL,
-               "--energy", "fisher", "--output", str(energy_path))
+    proc = run(
+        "analyze",
+        "--model",
+        str(tiny_model_dir),
+        "--calibration",
+        str(text_file),
+        *CAL,
+        "--energy",
+        "fisher",
+        "--output",
+        str(energy_path),
+    )
     assert proc.returncode == 0, proc.stderr
     energy = EnergyModel.load(energy_path)
     assert energy.variant == "fisher" and len(energy) == 6
     out_json = tmp_path / "c.json"
-    proc = run("solve", "--energy-file", str(energy_path), "--remove", "2", "--top-k", "3", "--json", str(out_json))
+    proc = run(
+        "solve", "--energy-file", str(energy_path), "--remove", "2", "--top-k", "3", "--json", str(out_json)
+    )
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(out_json.read_text())["candidates"]
     assert len(rows) == 3
@@ -75,16 +101,31 @@ def test_analyze_then_solve(tmp_path, tiny_model_dir, text_file):
 
 def test_bad_inputs_give_one_line_errors_and_write_nothing(tmp_path, tiny_model_dir, text_file):
     out = tmp_path / "out"
-    base = ["prune", "--model", str(tiny_model_dir), "--calibration", str(text_file), *CAL, "--output", str(out)]
+    base = [
+        "prune",
+        "--model",
+        str(tiny_model_dir),
+        "--calibration",
+        str(text_file),
+        *CAL,
+        "--output",
+        str(out),
+    ]
     assert_user_error(run(*base, "--remove", "0"), "remove")
     assert_user_error(run(*base, "--remove", "6"), "choose between 1 and 5")
-    assert_user_error(run("prune", "--model", str(tmp_path / "nowhere"), "--remove", "1", "--output", str(out)), "not found")
+    assert_user_error(
+        run("prune", "--model", str(tmp_path / "nowhere"), "--remove", "1", "--output", str(out)), "not found"
+    )
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
-    assert_user_error(run(*base[:3], "--calibration", str(empty), *CAL, "--output", str(out), "--remove", "1"), "empty")
+    assert_user_error(
+        run(*base[:3], "--calibration", str(empty), *CAL, "--output", str(out), "--remove", "1"), "empty"
+    )
     short = tmp_path / "short.txt"
     short.write_text("only a few words here")
-    assert_user_error(run(*base[:3], "--calibration", str(short), *CAL, "--output", str(out), "--remove", "1"), "too short")
+    assert_user_error(
+        run(*base[:3], "--calibration", str(short), *CAL, "--output", str(out), "--remove", "1"), "too short"
+    )
     assert not out.exists()
     busy = tmp_path / "busy"
     busy.mkdir()
@@ -100,8 +141,16 @@ def test_bad_inputs_give_one_line_errors_and_write_nothing(tmp_path, tiny_model_
 def test_unknown_architecture_lists_registered_adapters(tmp_path, tokenizer):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.for_model("opt", vocab_size=300, hidden_size=16, num_hidden_layers=2, ffn_dim=32,
-                                  num_attention_heads=2, word_embed_proj_dim=16, max_position_embeddings=64)
+    config = AutoConfig.for_model(
+        "opt",
+        vocab_size=300,
+        hidden_size=16,
+        num_hidden_layers=2,
+        ffn_dim=32,
+        num_attention_heads=2,
+        word_embed_proj_dim=16,
+        max_position_embeddings=64,
+    )
     path = tmp_path / "opt"
     AutoModelForCausalLM.from_config(config).save_pretrained(path)
     tokenizer.save_pretrained(path)

@@ -56,7 +56,9 @@ def test_save_load_round_trip(tmp_path):
 def test_corrupt_energy_file_gives_one_line_error(tmp_path, damage):
     path = EnergyModel(_random_A(), NAMES).save(tmp_path / "e.safetensors")
     data = path.read_bytes()
-    path.write_bytes({"truncate": data[: len(data) // 2], "garbage": b"\x00" * 64 + data[64:], "empty": b""}[damage])
+    path.write_bytes(
+        {"truncate": data[: len(data) // 2], "garbage": b"\x00" * 64 + data[64:], "empty": b""}[damage]
+    )
     with pytest.raises(BlockPruneError) as info:
         EnergyModel.load(path)
     assert "corrupt energy file" in str(info.value) and "\n" not in str(info.value)

@@ -62,7 +62,9 @@ def test_zero_gates_equal_skipped_layers(tokenizer, corpus, model_type):
         np.testing.assert_allclose(scorer.losses(), dense.numpy(), rtol=1e-5, atol=1e-5)
         for removed in ([1], [0, 4], [2, 3, 5]):
             gates.values = removal_gates(len(blocks), removed)
-            gated = per_sample_loss(model(input_ids=data.input_ids).logits, data.input_ids, data.attention_mask)
+            gated = per_sample_loss(
+                model(input_ids=data.input_ids).logits, data.input_ids, data.attention_mask
+            )
             np.testing.assert_allclose(scorer.losses(removed), gated.numpy(), rtol=1e-5, atol=1e-5)
             assert not np.allclose(gated.numpy(), dense.numpy())  # the removal changes the loss
 

@@ -50,6 +50,7 @@ def test_analyze_energy_fields_are_real_single_removal_losses(tmp_path, tokenize
     from optimum_blockprune.scoring import per_sample_loss
 
     with Gates(pruner.model, pruner.adapter, pruner.blocks()) as gates, torch.no_grad():
+
         def loss(removed):
             gates.values = removal_gates(5, removed) if removed else None
             logits = pruner.model(input_ids=data.input_ids, attention_mask=data.attention_mask).logits
@@ -70,7 +71,13 @@ def test_prune_saves_a_folder_that_reloads_with_equal_logits(tmp_path, tokenizer
     out = tmp_path / "pruned"
     result = pruner.prune(config, out)
     written = {p.name for p in out.iterdir()}
-    assert {"blockprune_config.json", "blockprune_report.json", "config.json", "model.safetensors", "tokenizer.json"} <= written
+    assert {
+        "blockprune_config.json",
+        "blockprune_report.json",
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+    } <= written
     report = json.loads((out / "blockprune_report.json").read_text())
     assert report["removed"] == result.removed and len(result.removed) == 2
     saved = BlockPruneConfig.from_pretrained(out)

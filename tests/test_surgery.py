@@ -85,7 +85,9 @@ def test_saved_pruned_model_reloads_with_stock_transformers(tmp_path, model_type
         expected = model(input_ids=ids).logits
     out = subprocess.run(
         [sys.executable, "-c", RELOAD, str(tmp_path), json.dumps(ids.tolist())],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["missing"] == [] and result["unexpected"] == []
