@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 BRANCH_KINDS = ("attn", "mlp", "moe", "mamba")
 KINDS = ("layer", *BRANCH_KINDS)
+#: ``layer``: whole decoder layers; ``sublayer``: single branches; ``mixed``: both in one problem.
+GRANULARITIES = ("layer", "sublayer", "mixed")
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,8 @@ from argparse import ArgumentParser, Namespace
 
 from optimum.commands.base import BaseOptimumCLICommand, CommandInfo
 
+from .energy import ENERGY_VARIANTS
 from .errors import BlockPruneError
-
-ENERGY_CHOICES = ("recentred", "secant", "fisher", "taylor", "additive")
 
 
 def _add_model_args(parser: ArgumentParser) -> None:
@@ -48,7 +47,10 @@ def _add_calibration_args(parser: ArgumentParser) -> None:
         "--no-pack", action="store_true", help="one padded sample per document instead of packed blocks"
     )
     group.add_argument(
-        "--energy", default="recentred", choices=ENERGY_CHOICES, help="energy variant (default: recentred)"
+        "--energy",
+        default=ENERGY_VARIANTS[0],
+        choices=ENERGY_VARIANTS,
+        help=f"energy variant (default: {ENERGY_VARIANTS[0]})",
     )
 
 
@@ -72,6 +74,19 @@ def _names(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _calibration_settings(args: Namespace) -> dict:
+    return {
+        "energy": args.energy,
+        "calibration": args.calibration,
+        "text_field": args.text_field,
+        "num_samples": args.num_samples,
+        "seq_len": args.seq_len,
+        "batch_size": args.batch_size,
+        "chat_template": args.chat_template,
+        "pack": not args.no_pack,
+    }
+
+
 def _config_from_args(args: Namespace):
     from .config import BlockPruneConfig
 
@@ -80,17 +95,11 @@ def _config_from_args(args: Namespace):
     return BlockPruneConfig(
         remove=args.remove,
         ratio=args.ratio,
-        energy=args.energy,
         solver=args.solver,
         top_k=args.top_k,
         protect=_names(args.protect) or None,
         force=_names(args.force) or None,
-        calibration=args.calibration,
-        num_samples=args.num_samples,
-        seq_len=args.seq_len,
-        batch_size=args.batch_size,
-        chat_template=args.chat_template,
-        pack=not args.no_pack,
+        **_calibration_settings(args),
     )
 
 
@@ -138,20 +147,13 @@ class AnalyzeCommand(_Leaf):
     def execute(self, args: Namespace) -> None:
         from pathlib import Path
 
+        from .config import BlockPruneConfig
         from .pruner import BlockPruner
 
         out = Path(args.output)
         if out.exists() and not args.overwrite:
             raise BlockPruneError(f"{out} already exists; pass --overwrite to replace it")
-        args.remove, args.ratio, args.protect, args.force, args.solver, args.top_k = (
-            1,
-            None,
-            "",
-            "",
-            "auto",
-            10,
-        )
-        config = _config_from_args(args)
+        config = BlockPruneConfig(remove=1, **_calibration_settings(args))
         pruner = BlockPruner.from_pretrained(args.model, adapter=args.adapter)
         energy = pruner.analyze(config, progress=True)
         energy.save(out)

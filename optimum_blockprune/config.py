@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from optimum.configuration_utils import BaseConfig
 
+from .blocks import GRANULARITIES
+from .energy import ENERGY_VARIANTS
 from .errors import BlockPruneError
 
-ENERGY_VARIANTS = ("recentred", "secant", "fisher", "taylor", "additive")
-DEFAULT_ENERGY = "recentred"
-GRANULARITIES = ("layer", "sublayer", "mixed")
+DEFAULT_ENERGY = ENERGY_VARIANTS[0]
 
 
 class BlockPruneConfig(BaseConfig):
@@ -30,6 +30,7 @@ class BlockPruneConfig(BaseConfig):
     protect: list | None = None
     force: list | None = None
     calibration: str = "demo"
+    text_field: str = "text"
     num_samples: int = 32
     seq_len: int = 128
     batch_size: int = 8

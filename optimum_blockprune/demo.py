@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> None:
         "--output", default="outputs/smollm2-135m-pruned", help="where to save the pruned model"
     )
     parser.add_argument(
-        "--heldout-samples", type=int, default=64, help="held-out blocks of 128 tokens (default: 64)"
+        "--heldout-samples", type=int, default=32, help="held-out blocks of 128 tokens (default: 32)"
     )
     args = parser.parse_args(argv)
 

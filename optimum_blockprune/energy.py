@@ -19,6 +19,8 @@ from .blocks import parse_block_name
 from .errors import BlockPruneError
 
 FORMAT = "optimum_blockprune.energy/1"
+#: Energy variants that ``BlockPruner.analyze`` builds (see ``analysis.py``); the first is the default.
+ENERGY_VARIANTS = ("recentred", "secant", "fisher", "taylor", "additive")
 
 
 class EnergyModel:

@@ -76,9 +76,16 @@ class BlockPruner:
 
     def calibration(self, config: BlockPruneConfig) -> CalibrationData:
         """Calibration batches described by ``config`` (cached per setting)."""
-        key = (config.calibration, config.num_samples, config.seq_len, config.pack, config.chat_template)
+        key = (
+            config.calibration,
+            config.text_field,
+            config.num_samples,
+            config.seq_len,
+            config.pack,
+            config.chat_template,
+        )
         if key not in self._data_cache:
-            texts = load_texts(config.calibration, "calibration")
+            texts = load_texts(config.calibration, "calibration", config.text_field)
             self._data_cache[key] = build_calibration(
                 self.tokenizer,
                 texts,

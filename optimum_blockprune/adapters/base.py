@@ -13,10 +13,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..blocks import Block
+from ..blocks import GRANULARITIES, Block
 from ..errors import BlockPruneError
-
-GRANULARITIES = ("layer", "sublayer", "mixed")
 
 
 class Adapter(ABC):
