@@ -65,9 +65,15 @@ def main() -> None:
     parser.add_argument("--random", type=int, default=20)
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--out", default="benchmarks/results/selection.json")
+    parser.add_argument(
+        "--only", default=None, help="re-measure just this method and merge it into the existing --out file"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
 
+    if args.only:
+        remeasure(args)
+        return
     pruner = BlockPruner.from_pretrained()
     config = BlockPruneConfig(remove=1, num_samples=args.num_samples, seq_len=args.seq_len, top_k=args.top_k)
     blocks = pruner.blocks()
@@ -157,6 +163,37 @@ def main() -> None:
     results["seconds"] = time.perf_counter() - t0
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out}")
+
+
+def remeasure(args: argparse.Namespace) -> None:
+    """Re-run one re-centring method (after a change to it) and merge it into the saved results."""
+    top_k = {"recentred": 1, "recentred+rerank": args.top_k}.get(args.only)
+    if top_k is None:
+        raise SystemExit("--only supports recentred and recentred+rerank")
+    results = json.loads(Path(args.out).read_text())
+    pruner = BlockPruner.from_pretrained()
+    heldout = HeldOut(pruner, results["settings"]["heldout_samples"])
+    config = BlockPruneConfig(remove=1, num_samples=args.num_samples, seq_len=args.seq_len)
+    scorer = LayerLossScorer(pruner.model, pruner.adapter, pruner.calibration(config), config.batch_size)
+    for m in [int(x) for x in args.ms.split(",")]:
+        cfg = BlockPruneConfig(remove=m, num_samples=args.num_samples, seq_len=args.seq_len, top_k=top_k)
+        selection = pruner.select(cfg, scorer=scorer)
+        removed = [int(x.split(".")[1]) for x in selection.removed]
+        row = {
+            "removed": selection.removed,
+            "ppl": heldout(removed),
+            "calibration_loss": selection.pruned_loss,
+            "forward_equivalents": selection.cost["forward_equivalents"],
+            "backward_passes": 0,
+            "rounds": len(selection.rounds),
+        }
+        results["by_m"][str(m)]["methods"][args.only] = row
+        print(
+            f"  M={m} {args.only:<22} ppl {row['ppl']:8.2f}  cost {row['forward_equivalents']:6.1f} fwd  {row['removed']}",
+            flush=True,
+        )
+        Path(args.out).write_text(json.dumps(results, indent=2))
+    print_table(results)
 
 
 def print_table(results: dict) -> None:

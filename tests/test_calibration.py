@@ -50,3 +50,16 @@ def test_text_sources(tmp_path):
         load_texts(str(tmp_path / "missing.txt"))
     with pytest.raises(BlockPruneError, match="field"):
         load_texts(str(jl), text_field="body")
+
+
+def test_chat_template_is_applied_when_asked(tokenizer, corpus):
+    import copy
+
+    chat = copy.deepcopy(tokenizer)
+    with pytest.raises(BlockPruneError, match="no chat template"):
+        build_calibration(chat, corpus, 2, 8, chat_template=True)
+    chat.chat_template = "{% for m in messages %}<s>{{ m['content'] }}</s>{% endfor %}"
+    data = build_calibration(chat, corpus, num_samples=2, seq_len=8, pack=False, chat_template=True)
+    assert data.input_ids[0, 0].item() == chat.bos_token_id  # the template's <s> opens every sample
+    plain = build_calibration(tokenizer, corpus, num_samples=2, seq_len=8, pack=False)
+    assert not torch.equal(data.input_ids, plain.input_ids)
