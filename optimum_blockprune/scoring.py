@@ -38,9 +38,8 @@ class LayerLossScorer:
         self.model, self.adapter, self.data = model, adapter, data
         self.layers = list(adapter.decoder_layers(model))
         self.n_layers = len(self.layers)
-        self.layer_calls = 0  # decoder-layer forwards over one calibration batch actually run
-        self.requested_layer_calls = 0  # the same, counting memoised results as if recomputed
-        self.evaluations = 0  # configurations scored (memoised ones included)
+        # Decoder-layer forwards over one calibration batch, memoised results counted as recomputed.
+        self.requested_layer_calls = 0
         self._memo: dict[frozenset[int], np.ndarray] = {}
         self._batches = list(data.batches(batch_size))
         self._kwargs: list[list[dict]] = []
@@ -73,7 +72,6 @@ class LayerLossScorer:
                 self.model(input_ids=ids, attention_mask=mask, use_cache=False)
                 self._inputs.append([h for h, _ in captured])
                 self._kwargs.append([kw for _, kw in captured])
-                self.layer_calls += self.n_layers
                 self.requested_layer_calls += self.n_layers
         finally:
             for handle in handles:
@@ -89,7 +87,6 @@ class LayerLossScorer:
                 continue
             out = self.layers[j](hidden, **self._kwargs[b][j])
             hidden = out[0] if isinstance(out, tuple) else out
-            self.layer_calls += 1
         return hidden
 
     @torch.no_grad()
@@ -110,7 +107,6 @@ class LayerLossScorer:
         extra = frozenset(extra) - self.base
         removed = self.base | extra
         start = min(extra) if extra else self.n_layers
-        self.evaluations += 1
         self.requested_layer_calls += len(self._batches) * sum(
             1 for j in range(min(start, self.n_layers - 1), self.n_layers) if j not in removed
         )
@@ -133,7 +129,6 @@ class LayerLossScorer:
         if last in self.base:
             return hidden
         out = self.layers[last](hidden, **self._kwargs[b][last])
-        self.layer_calls += 1
         return out[0] if isinstance(out, tuple) else out
 
     def loss(self, extra: Iterable[int] = ()) -> float:
