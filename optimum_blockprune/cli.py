@@ -178,10 +178,9 @@ class SolveCommand(_Leaf):
         from .solvers import solution_names, solve
 
         energy = EnergyModel.load(args.energy_file)
-        n = len(energy)
-        m = args.remove if args.remove is not None else round((args.ratio or 0) * n)
         if args.remove is None and args.ratio is None:
             raise BlockPruneError("say how much to remove: --remove N or --ratio R")
+        m = args.remove if args.remove is not None else round(args.ratio * len(energy))
         samples = solve(
             energy,
             m,

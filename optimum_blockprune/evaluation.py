@@ -6,11 +6,11 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from .calibration import CalibrationData, build_calibration
+from .scoring import token_losses
 
 
 @torch.no_grad()
@@ -20,9 +20,8 @@ def perplexity(model: nn.Module, data: CalibrationData, batch_size: int = 8, pro
     batches = tqdm(list(data.batches(batch_size)), desc="perplexity", disable=not progress, unit="batch")
     for ids, mask in batches:
         logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-        target_mask = (mask[:, 1:] * mask[:, :-1]).bool()
-        ce = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none")
-        total += float(ce[target_mask].sum())
+        ce, target_mask = token_losses(logits, ids, mask)
+        total += float((ce * target_mask).sum())
         count += int(target_mask.sum())
     return math.exp(total / max(count, 1))
 

@@ -221,6 +221,7 @@ class BlockPruner:
         check_output_dir(save_dir, overwrite)
         t0 = time.perf_counter()
         params_before = sum(p.numel() for p in self.model.parameters())
+        num_blocks = len(self.blocks(config.granularity))
         selection = self.select(config, progress=progress)
         t_select = time.perf_counter() - t0
         layers = sorted(int(n.split(".")[1]) for n in selection.removed)
@@ -230,7 +231,7 @@ class BlockPruner:
             "model_id": self.model_id,
             "adapter": self.adapter.name,
             "removed": selection.removed,
-            "num_blocks": len(self.blocks(config.granularity)) + len(layers),
+            "num_blocks": num_blocks,
             "parameters_before": params_before,
             "parameters_after": sum(p.numel() for p in self.model.parameters()),
             "dense_loss": selection.dense_loss,

@@ -18,14 +18,22 @@ from .adapters.base import Adapter
 from .calibration import CalibrationData
 
 
+def token_losses(
+    logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token cross-entropy of every position, shape [batch, seq-1], and the float mask of
+    positions whose input and target are both real (non-padding) tokens."""
+    ce = F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]), input_ids[:, 1:].reshape(-1), reduction="none"
+    ).view(input_ids.shape[0], -1)
+    return ce, (attention_mask[:, 1:] * attention_mask[:, :-1]).float()
+
+
 def per_sample_loss(
     logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> torch.Tensor:
     """Mean next-token cross-entropy of each sample over its non-padding targets, shape [batch]."""
-    ce = F.cross_entropy(
-        logits[:, :-1].float().reshape(-1, logits.shape[-1]), input_ids[:, 1:].reshape(-1), reduction="none"
-    ).view(input_ids.shape[0], -1)
-    mask = (attention_mask[:, 1:] * attention_mask[:, :-1]).float()
+    ce, mask = token_losses(logits, input_ids, attention_mask)
     return (ce * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
 
 
