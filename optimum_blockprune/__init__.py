@@ -15,6 +15,7 @@ _LAZY = {
     "BlockPruner": "optimum_blockprune.pruner",
     "BlockPruneError": "optimum_blockprune.errors",
     "EnergyModel": "optimum_blockprune.energy",
+    "load_pruned": "optimum_blockprune.checkpoint",
     "solve": "optimum_blockprune.solvers",
 }
 

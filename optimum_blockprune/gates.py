@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from .adapters.base import Adapter
 from .blocks import Block
+
+if TYPE_CHECKING:
+    from .adapters.base import Adapter
 
 
 class Gates:

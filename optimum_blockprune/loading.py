@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .checkpoint import load_pruned
 from .errors import BlockPruneError
 
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -46,7 +47,10 @@ def load_model_and_tokenizer(
     if path.exists() and not (path / "config.json").is_file():
         raise BlockPruneError(f"{source} has no config.json; give a folder saved with save_pretrained")
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        if path.exists():
+            model = load_pruned(path, dtype=dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc) or "model_type" in str(exc):
             raise BlockPruneError(f"unknown architecture in {source}: {_first_line(exc)}") from None

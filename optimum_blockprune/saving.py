@@ -9,7 +9,9 @@ from typing import Any
 from torch import nn
 
 from .atomic import atomic_output_dir, write_json_atomic
+from .checkpoint import mark_branch_pruned
 from .config import BlockPruneConfig
+from .surgery import layer_skips
 
 REPORT_NAME = "blockprune_report.json"
 
@@ -40,6 +42,8 @@ def save_pruned(
     target = Path(save_dir)
     with atomic_output_dir(target, overwrite) as tmp:
         model.save_pretrained(tmp)
+        if layer_skips(model.config):
+            mark_branch_pruned(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         config.save_pretrained(tmp)

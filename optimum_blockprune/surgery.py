@@ -1,4 +1,5 @@
-"""Physical removal of decoder layers: delete, renumber ``layer_idx``, rewrite per-layer config."""
+"""Physical removal of decoder layers (delete, renumber ``layer_idx``, rewrite per-layer config)
+and the ``per_layer_config`` entries that record removed branches."""
 
 from __future__ import annotations
 
@@ -53,11 +54,30 @@ def rewrite_layer_config(config: PretrainedConfig, kept: Sequence[int]) -> None:
     max_window = getattr(config, "max_window_layers", None)
     if isinstance(max_window, int):
         config.max_window_layers = sum(1 for i in kept if i < max_window)
-    spec = config.__dict__.get("_heterogeneity_spec")
-    overrides = dict(getattr(spec, "per_layer_overrides", None) or {})
+    overrides = layer_overrides(config)
     config.num_hidden_layers = len(kept)
     if overrides:
-        remapped = {new_index[int(k)]: v for k, v in overrides.items() if int(k) in new_index}
-        config.per_layer_config = None
-        if remapped:
-            config.per_layer_config = remapped
+        set_layer_overrides(config, {new_index[k]: v for k, v in overrides.items() if k in new_index})
+
+
+def layer_overrides(config: PretrainedConfig) -> dict[int, dict]:
+    """The raw ``per_layer_config`` entries, ``{layer: {"skip": [...], ...}}`` (a copy).
+
+    ``config.per_layer_config`` itself reads back resolved per-layer views of the whole config,
+    so the sparse overrides are taken from the heterogeneity spec behind it.
+    """
+    spec = config.__dict__.get("_heterogeneity_spec")
+    overrides = getattr(spec, "per_layer_overrides", None) or {}
+    return {int(k): dict(v) for k, v in overrides.items()}
+
+
+def set_layer_overrides(config: PretrainedConfig, overrides: dict[int, dict]) -> None:
+    """Replace ``per_layer_config`` by ``overrides`` (validated by transformers on assignment)."""
+    config.per_layer_config = None
+    if overrides:
+        config.per_layer_config = {int(k): v for k, v in sorted(overrides.items())}
+
+
+def layer_skips(config: PretrainedConfig) -> dict[int, list[str]]:
+    """``{layer: skip list}`` for the layers whose ``per_layer_config`` skips a branch."""
+    return {i: list(v["skip"]) for i, v in layer_overrides(config).items() if v.get("skip")}

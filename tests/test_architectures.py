@@ -1,0 +1,158 @@
+"""Every supported architecture: gated removal == physical removal, exact save/load, cached decoding."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from architectures import ARCHITECTURES, tiny_arch_model
+
+from optimum_blockprune.blocks import parse_block_name
+from optimum_blockprune.checkpoint import load_pruned, mark_branch_pruned
+from optimum_blockprune.errors import BlockPruneError
+from optimum_blockprune.gates import Gates, removal_gates
+from optimum_blockprune.plugins import get_adapter
+from optimum_blockprune.surgery import layer_skips
+
+IDS = torch.randint(3, 300, (2, 10), generator=torch.Generator().manual_seed(0))
+
+
+def removal_sets(blocks, rng, count=2):
+    """Random sets of 1-3 blocks of every kind, never a layer together with one of its branches."""
+    names = [b.name for b in blocks]
+    kinds = sorted({b.kind for b in blocks})
+    sets = [[next(n for n in names if parse_block_name(n)[1] == kind)] for kind in kinds]
+    while len(sets) < len(kinds) + count:
+        pick = list(rng.choice(names, size=int(rng.integers(1, 4)), replace=False))
+        layers = [parse_block_name(n) for n in pick]
+        whole = {i for i, k in layers if k == "layer"}
+        attention = {i for i, k in layers if k == "attn"}
+        if not any(i in whole and k != "layer" for i, k in layers) and len(attention) < 2:
+            sets.append(sorted(pick))
+    return sets
+
+
+def save(model, folder):
+    model.save_pretrained(folder)
+    if layer_skips(model.config):
+        mark_branch_pruned(folder)
+
+
+def greedy(model, cache: bool):
+    return model.generate(
+        IDS[:1, :6], max_new_tokens=6, do_sample=False, use_cache=cache, pad_token_id=0, eos_token_id=None
+    )
+
+
+@pytest.mark.parametrize("model_type", list(ARCHITECTURES))
+def test_pruned_equals_gated_and_round_trips(model_type, tmp_path):
+    model = tiny_arch_model(model_type)
+    adapter = get_adapter(model)
+    assert adapter.name == ARCHITECTURES[model_type][0]
+    blocks = adapter.blocks(model, "mixed")
+    rng = np.random.default_rng(0)
+    for r, removed in enumerate(removal_sets(blocks, rng)):
+        positions = [b.name for b in blocks].index
+        with torch.no_grad(), Gates(model, adapter, blocks) as gates:
+            gates.values = removal_gates(len(blocks), [positions(n) for n in removed])
+            gated = model(IDS).logits
+        pruned = copy.deepcopy(model)
+        get_adapter(pruned).remove_blocks(pruned, removed)
+        with torch.no_grad():
+            physical = pruned(IDS).logits
+        assert (physical - gated).abs().max() <= 1e-4, (removed, float((physical - gated).abs().max()))
+        folder = tmp_path / f"pruned{r}"
+        save(pruned, folder)
+        reloaded = load_pruned(folder).eval()
+        assert sum(p.numel() for p in reloaded.parameters()) == sum(p.numel() for p in pruned.parameters())
+        with torch.no_grad():
+            assert torch.equal(reloaded(IDS).logits, physical), removed
+        assert torch.equal(greedy(reloaded, cache=True), greedy(reloaded, cache=False)), removed
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen3", "gemma3_text", "gpt2"])
+def test_incremental_decoding_when_first_attention_is_removed(model_type):
+    """The layer that sizes the cache has no attention: a prefill + one-token step with the cache
+    must still give the full forward's logits."""
+    model = tiny_arch_model(model_type)
+    adapter = get_adapter(model)
+    adapter.remove_blocks(model, ["layers.0.attn", "layers.2.mlp"])
+    with torch.no_grad():
+        full = model(IDS[:, :8]).logits[:, -1]
+        prefill = model(IDS[:, :7], use_cache=True)
+        step = model(IDS[:, 7:8], cache=prefill.cache, use_cache=True).logits[:, -1]
+    assert (step - full).abs().max() <= 1e-4
+
+
+def test_plain_transformers_refuses_branch_pruned_checkpoints_loudly(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_arch_model("llama")
+    get_adapter(model).remove_blocks(model, ["layers.1.attn"])
+    save(model, tmp_path / "branch")
+    config = json.loads((tmp_path / "branch" / "config.json").read_text())
+    assert config["model_type"] == "blockpruned_llama" and config["per_layer_config"] == {
+        "1": {"skip": ["attention"]}
+    }
+    with pytest.raises(ValueError, match="blockpruned_llama"):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "branch")
+
+
+def test_whole_layer_removal_loads_with_stock_transformers(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_arch_model("gemma3_text")
+    get_adapter(model).remove_blocks(model, ["layers.1", "layers.2.attn", "layers.2.mlp"])
+    assert model.config.num_hidden_layers == 2 and not layer_skips(model.config)
+    save(model, tmp_path / "layers")
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "layers").eval()
+    with torch.no_grad():
+        assert torch.equal(plain(IDS).logits, model(IDS).logits)
+
+
+def test_branch_removal_frees_parameters_and_is_recorded():
+    model = tiny_arch_model("qwen3_moe")
+    adapter = get_adapter(model)
+    before = sum(p.numel() for p in model.parameters())
+    blocks = {b.name: b for b in adapter.blocks(model, "sublayer")}
+    summary = adapter.remove_blocks(model, ["layers.0.moe", "layers.1.attn"])
+    assert summary == {"deleted_layers": [], "skipped": [[0, "moe"], [1, "attn"]]}
+    freed = blocks["layers.0.moe"].num_params + blocks["layers.1.attn"].num_params
+    assert sum(p.numel() for p in model.parameters()) == before - freed
+    assert layer_skips(model.config) == {0: ["mlp"], 1: ["attention"]}
+    assert [b.name for b in adapter.blocks(model, "sublayer")][:3] == [
+        "layers.0.attn",
+        "layers.1.mlp",
+        "layers.2.attn",
+    ]
+
+
+def test_removing_every_branch_of_a_layer_deletes_it():
+    model = tiny_arch_model("llama")
+    summary = get_adapter(model).remove_blocks(model, ["layers.2.attn", "layers.2.mlp"])
+    assert summary["deleted_layers"] == [2] and model.config.num_hidden_layers == 3
+
+
+def test_remove_blocks_rejects_missing_branches_and_attention_free_hybrids():
+    model = tiny_arch_model("nemotron_h")
+    adapter = get_adapter(model)
+    with pytest.raises(BlockPruneError, match="has no 'attn' branch"):
+        adapter.remove_blocks(model, ["layers.0.attn"])
+    with pytest.raises(BlockPruneError, match="every attention layer"):
+        adapter.remove_blocks(model, ["layers.2.attn", "layers.4.attn"])
+    assert model.config.num_hidden_layers == 5
+
+
+def test_generic_adapter_refuses_layers_it_cannot_read():
+    """OLMo-2 normalises each branch AFTER it: gating the attention child does not scale what
+    joins the residual stream, so the fallback must refuse rather than guess."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model("olmo2", **ARCHITECTURES["llama"][1])
+    model = AutoModelForCausalLM.from_config(config)
+    with pytest.raises(BlockPruneError) as info:
+        get_adapter(model)
+    assert "\n" not in str(info.value) and "not a plain residual addend" in str(info.value)
