@@ -26,7 +26,7 @@ from optimum_blockprune.evaluation import heldout_data, perplexity
 from optimum_blockprune.gates import Gates, removal_gates
 from optimum_blockprune.gradients import gate_gradients
 from optimum_blockprune.pruner import BlockPruner
-from optimum_blockprune.scoring import LayerLossScorer
+from optimum_blockprune.scoring import LossScorer
 from optimum_blockprune.solvers import solution_names, solve
 
 ONE_SHOT = ("fisher", "taylor", "additive", "secant")
@@ -87,7 +87,7 @@ def main() -> None:
         f"dense held-out perplexity {results['dense_ppl']:.2f} ({heldout.data.num_tokens} tokens)", flush=True
     )
 
-    scorer = LayerLossScorer(pruner.model, pruner.adapter, data, config.batch_size)
+    scorer = LossScorer(pruner.model, pruner.adapter, data, config.batch_size)
     per_forward = scorer.forward_equivalents
     A, _ = gate_gradients(pruner.model, pruner.adapter, blocks, data, config.batch_size)
     secant = loss_energy("secant", scorer, blocks)
@@ -174,7 +174,7 @@ def remeasure(args: argparse.Namespace) -> None:
     pruner = BlockPruner.from_pretrained()
     heldout = HeldOut(pruner, results["settings"]["heldout_samples"])
     config = BlockPruneConfig(remove=1, num_samples=args.num_samples, seq_len=args.seq_len)
-    scorer = LayerLossScorer(pruner.model, pruner.adapter, pruner.calibration(config), config.batch_size)
+    scorer = LossScorer(pruner.model, pruner.adapter, pruner.calibration(config), config.batch_size)
     for m in [int(x) for x in args.ms.split(",")]:
         cfg = BlockPruneConfig(remove=m, num_samples=args.num_samples, seq_len=args.seq_len, top_k=top_k)
         selection = pruner.select(cfg, scorer=scorer)

@@ -16,16 +16,16 @@ from tqdm.auto import tqdm
 
 from .blocks import Block
 from .energy import EnergyModel
-from .scoring import LayerLossScorer
+from .scoring import LossScorer, Unit
 
 GRADIENT_VARIANTS = ("fisher", "taylor")
 LOSS_VARIANTS = ("additive", "secant", "recentred")
 
 
 def single_removal_deltas(
-    scorer: LayerLossScorer, candidates: Sequence[int], progress: bool = False
+    scorer: LossScorer, candidates: Sequence[Unit], progress: bool = False
 ) -> np.ndarray:
-    """Per-sample loss change of removing each candidate layer on top of the scorer's base,
+    """Per-sample loss change of removing each candidate block on top of the scorer's base,
     shape (samples, len(candidates))."""
     base = scorer.losses()
     cols = []
@@ -51,7 +51,7 @@ def secant_couplings(deltas: np.ndarray) -> np.ndarray:
 
 def loss_energy(
     variant: str,
-    scorer: LayerLossScorer,
+    scorer: LossScorer,
     blocks: Sequence[Block],
     base: Sequence[int] = (),
     exclude: Sequence[int] = (),
@@ -61,10 +61,10 @@ def loss_energy(
 
     Blocks in ``base`` or ``exclude`` are not scanned (their fields stay zero)."""
     n = len(blocks)
-    scorer.set_base(blocks[i].layer for i in base)
+    scorer.set_base(blocks[i] for i in base)
     skip = set(base) | set(exclude)
     candidates = [i for i in range(n) if i not in skip]
-    deltas = single_removal_deltas(scorer, [blocks[i].layer for i in candidates], progress)
+    deltas = single_removal_deltas(scorer, [blocks[i] for i in candidates], progress)
     D = np.zeros((deltas.shape[0], n))
     D[:, candidates] = deltas
     fields = D.mean(axis=0)

@@ -21,7 +21,7 @@ from .energy import EnergyModel
 from .errors import BlockPruneError
 from .gradients import gate_gradients
 from .plugins import get_adapter
-from .scoring import LayerLossScorer
+from .scoring import LossScorer
 
 #: Blocks added per re-centring round of the ``recentred`` energy.
 RECENTRE_STEP = 2
@@ -103,7 +103,7 @@ class BlockPruner:
         config: BlockPruneConfig | None = None,
         *,
         base: list[str] | None = None,
-        scorer: LayerLossScorer | None = None,
+        scorer: LossScorer | None = None,
         exclude: list[str] | None = None,
         progress: bool = False,
     ) -> EnergyModel:
@@ -120,7 +120,7 @@ class BlockPruner:
             )
             energy = gradient_energy(config.energy, A, blocks, base_pos)
         else:
-            scorer = scorer or LayerLossScorer(self.model, self.adapter, data, config.batch_size)
+            scorer = scorer or LossScorer(self.model, self.adapter, data, config.batch_size)
             energy = loss_energy(
                 config.energy, scorer, blocks, base_pos, _positions(names, exclude or []), progress
             )
@@ -135,7 +135,7 @@ class BlockPruner:
 
     # ----------------------------------------------------------------- selection
     def select(
-        self, config: BlockPruneConfig, progress: bool = False, scorer: LayerLossScorer | None = None
+        self, config: BlockPruneConfig, progress: bool = False, scorer: LossScorer | None = None
     ) -> Selection:
         """Choose the blocks to remove: solve (in re-centring rounds for ``recentred``, each
         round's ground state fixed for the next), then rerank the last round's top-K candidates
@@ -149,7 +149,7 @@ class BlockPruner:
         protect, force = list(config.protect or []), list(config.force or [])
         _positions(names, protect + force)  # validates names early
         data = self.calibration(config)
-        scorer = scorer or LayerLossScorer(self.model, self.adapter, data, config.batch_size)
+        scorer = scorer or LossScorer(self.model, self.adapter, data, config.batch_size)
         work_before = scorer.forward_equivalents
         dense_loss = scorer.loss()
         chosen = list(force)
@@ -176,7 +176,7 @@ class BlockPruner:
                 force=chosen,
             )
             candidates = solution_names(samples)
-            scores = rerank(scorer, blocks, candidates, base=chosen, progress=progress)
+            scores = rerank(scorer, candidates, base=chosen, progress=progress)
             best = int(np.argmin(scores))
             chosen = candidates[best]
             rounds.append(
@@ -196,7 +196,7 @@ class BlockPruner:
                 }
             )
         scorer.set_base([])
-        pruned_loss = scorer.loss([blocks[i].layer for i in _positions(names, chosen)])
+        pruned_loss = scorer.loss(chosen)
         cost = {  # + 1: the dense pass that records every layer's input
             "forward_equivalents": round(scorer.forward_equivalents - work_before + 1, 2),
             "backward_passes": backward_passes,

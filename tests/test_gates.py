@@ -11,7 +11,7 @@ from optimum_blockprune.adapters.llama import LlamaAdapter
 from optimum_blockprune.calibration import build_calibration
 from optimum_blockprune.gates import Gates, removal_gates
 from optimum_blockprune.gradients import gate_gradients
-from optimum_blockprune.scoring import LayerLossScorer, per_sample_loss
+from optimum_blockprune.scoring import LossScorer, per_sample_loss
 
 
 @pytest.mark.parametrize("pack", [True, False])
@@ -55,7 +55,7 @@ def test_zero_gates_equal_skipped_layers(tokenizer, corpus, model_type):
     adapter = LlamaAdapter()
     blocks = adapter.blocks(model)
     data = build_calibration(tokenizer, corpus, num_samples=4, seq_len=20)
-    scorer = LayerLossScorer(model, adapter, data, batch_size=2)
+    scorer = LossScorer(model, adapter, data, batch_size=2)
     with Gates(model, adapter, blocks) as gates, torch.no_grad():
         gates.values = None
         dense = per_sample_loss(model(input_ids=data.input_ids).logits, data.input_ids, data.attention_mask)
@@ -73,8 +73,8 @@ def test_scorer_base_prefix_cache_gives_same_losses(tokenizer, corpus):
     model = tiny_model("llama", 6)
     adapter = LlamaAdapter()
     data = build_calibration(tokenizer, corpus, num_samples=4, seq_len=20)
-    fresh = LayerLossScorer(model, adapter, data, batch_size=4)
-    cached = LayerLossScorer(model, adapter, data, batch_size=4)
+    fresh = LossScorer(model, adapter, data, batch_size=4)
+    cached = LossScorer(model, adapter, data, batch_size=4)
     cached.set_base([3])
     np.testing.assert_allclose(cached.losses([1]), fresh.losses([1, 3]), rtol=1e-6, atol=1e-6)
     cached.set_base([1, 3])
