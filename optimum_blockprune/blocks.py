@@ -43,3 +43,10 @@ def parse_block_name(name: str) -> tuple[int, str]:
     raise ValueError(
         f"not a block name: {name!r}; expected 'layers.<i>' or 'layers.<i>.<{'|'.join(BRANCH_KINDS)}>'"
     )
+
+
+def overlapping_blocks(blocks: list[Block]) -> list[tuple[str, str]]:
+    """Pairs ``(layers.i, layers.i.<kind>)`` present together (``mixed`` granularity): removing both
+    would count layer i twice, so no configuration may hold both."""
+    layers = {b.layer for b in blocks if b.kind == "layer"}
+    return [(block_name(b.layer), b.name) for b in blocks if b.kind != "layer" and b.layer in layers]

@@ -6,6 +6,7 @@ Also runnable as ``python -m optimum_blockprune.cli <subcommand> ...``.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from argparse import ArgumentParser, Namespace
 
@@ -54,11 +55,36 @@ def _add_calibration_args(parser: ArgumentParser) -> None:
     )
 
 
-def _add_target_args(parser: ArgumentParser) -> None:
+def _add_granularity_arg(group) -> None:
+    from .blocks import GRANULARITIES
+
+    group.add_argument(
+        "--granularity",
+        default="layer",
+        choices=GRANULARITIES,
+        help="blocks: whole layers, single branches (attn/mlp/moe/mamba), or both (default: layer)",
+    )
+
+
+def _add_target_args(parser: ArgumentParser, granularity: bool = True) -> None:
     group = parser.add_argument_group("what to remove")
-    target = group.add_mutually_exclusive_group()
-    target.add_argument("--remove", "-n", type=int, default=None, help="number of blocks to remove")
-    target.add_argument("--ratio", type=float, default=None, help="fraction of blocks to remove")
+    count = group.add_mutually_exclusive_group()
+    count.add_argument(
+        "--remove",
+        "-n",
+        default=None,
+        help="blocks to remove: a number (6) or counts per kind (attn=2,mlp=3; kinds not named stay)",
+    )
+    count.add_argument("--ratio", type=float, default=None, help="fraction of the blocks to remove")
+    budget = group.add_mutually_exclusive_group()
+    budget.add_argument(
+        "--target-params", default=None, help="parameters the pruned model may keep at most, e.g. 100M"
+    )
+    budget.add_argument(
+        "--param-ratio", type=float, default=None, help="fraction of the model's parameters to remove"
+    )
+    if granularity:
+        _add_granularity_arg(group)
     group.add_argument(
         "--protect", default="", help="comma-separated block names never removed, e.g. layers.0,layers.29"
     )
@@ -68,6 +94,22 @@ def _add_target_args(parser: ArgumentParser) -> None:
     group.add_argument(
         "--top-k", type=int, default=10, help="candidates to rerank by real loss (default: 10)"
     )
+
+
+def _target_settings(args: Namespace) -> dict:
+    from .config import parse_params, parse_remove
+
+    if all(getattr(args, k) is None for k in ("remove", "ratio", "target_params", "param_ratio")):
+        raise BlockPruneError(
+            "say how much to remove: --remove N (or attn=2,mlp=3), --ratio R, --target-params P or --param-ratio R"
+        )
+    return {
+        "remove": None if args.remove is None else parse_remove(args.remove),
+        "ratio": args.ratio,
+        "target_params": None if args.target_params is None else parse_params(args.target_params),
+        "param_ratio": args.param_ratio,
+        "granularity": getattr(args, "granularity", "layer"),
+    }
 
 
 def _names(text: str) -> list[str]:
@@ -90,11 +132,8 @@ def _calibration_settings(args: Namespace) -> dict:
 def _config_from_args(args: Namespace):
     from .config import BlockPruneConfig
 
-    if args.remove is None and args.ratio is None:
-        raise BlockPruneError("say how much to remove: --remove N or --ratio R")
     return BlockPruneConfig(
-        remove=args.remove,
-        ratio=args.ratio,
+        **_target_settings(args),
         solver=args.solver,
         top_k=args.top_k,
         protect=_names(args.protect) or None,
@@ -141,6 +180,7 @@ class AnalyzeCommand(_Leaf):
     def parse_args(parser: ArgumentParser) -> None:
         _add_model_args(parser)
         _add_calibration_args(parser)
+        _add_granularity_arg(parser)
         parser.add_argument("--output", "-o", default="energy.safetensors", help="energy file to write")
         parser.add_argument("--overwrite", action="store_true", help="replace an existing energy file")
 
@@ -153,7 +193,7 @@ class AnalyzeCommand(_Leaf):
         out = Path(args.output)
         if out.exists() and not args.overwrite:
             raise BlockPruneError(f"{out} already exists; pass --overwrite to replace it")
-        config = BlockPruneConfig(remove=1, **_calibration_settings(args))
+        config = BlockPruneConfig(remove=1, granularity=args.granularity, **_calibration_settings(args))
         pruner = BlockPruner.from_pretrained(args.model, adapter=args.adapter)
         energy = pruner.analyze(config, progress=True)
         energy.save(out)
@@ -170,7 +210,10 @@ class SolveCommand(_Leaf):
         parser.add_argument(
             "--energy-file", "-e", default="energy.safetensors", help="file written by 'analyze'"
         )
-        _add_target_args(parser)
+        _add_target_args(parser, granularity=False)
+        parser.add_argument(
+            "--min-params", type=int, default=None, help="parameters the removed blocks must hold at least"
+        )
         parser.add_argument("--json", default=None, help="also write the candidates to this JSON file")
 
     def execute(self, args: Namespace) -> None:
@@ -178,12 +221,29 @@ class SolveCommand(_Leaf):
         from .solvers import solution_names, solve
 
         energy = EnergyModel.load(args.energy_file)
-        if args.remove is None and args.ratio is None:
-            raise BlockPruneError("say how much to remove: --remove N or --ratio R")
-        m = args.remove if args.remove is not None else round(args.ratio * len(energy))
+        target = _target_settings(args)
+        remove = target["remove"]
+        if target["ratio"] is not None:
+            remove = round(target["ratio"] * len(energy))
+        min_params = args.min_params
+        if target["target_params"] is not None or target["param_ratio"] is not None:
+            model_params = energy.metadata.get("model_params")
+            if not model_params:
+                raise BlockPruneError(
+                    f"{args.energy_file} does not record the model's parameter count; use --min-params instead"
+                )
+            if target["param_ratio"] is not None:
+                min_params = math.ceil(target["param_ratio"] * model_params)
+            else:
+                min_params = int(model_params) - target["target_params"]
+        if remove is None and min_params is None:
+            raise BlockPruneError(
+                "say how much to remove: --remove, --ratio, --min-params, --target-params or --param-ratio"
+            )
         samples = solve(
             energy,
-            m,
+            remove,
+            min_params=min_params,
             solver=args.solver,
             top_k=args.top_k,
             protect=_names(args.protect),

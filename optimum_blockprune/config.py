@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Mapping, Sequence
+
 from optimum.configuration_utils import BaseConfig
 
-from .blocks import GRANULARITIES
+from .blocks import GRANULARITIES, KINDS, Block
 from .energy import ENERGY_VARIANTS
 from .errors import BlockPruneError
 
@@ -14,15 +18,20 @@ DEFAULT_ENERGY = ENERGY_VARIANTS[0]
 class BlockPruneConfig(BaseConfig):
     """Configuration of a block-removal run (validated on construction).
 
-    Give exactly one of ``remove`` (number of blocks) or ``ratio`` (fraction of blocks).
-    ``removed_blocks`` is filled in by :meth:`BlockPruner.prune` with the chosen block names.
+    Say how much to remove with a block count (``remove``: a number, or counts per kind such as
+    ``{"attn": 2, "mlp": 3}``; or ``ratio``: a fraction of the blocks) and/or a parameter budget
+    (``target_params``: parameters the pruned model may keep at most; or ``param_ratio``: the
+    fraction of the model's parameters to remove). ``removed_blocks`` is filled in by
+    :meth:`BlockPruner.prune` with the chosen block names.
     """
 
     CONFIG_NAME = "blockprune_config.json"
     FULL_CONFIGURATION_FILE = "blockprune_config.json"
 
-    remove: int | None = None
+    remove: int | dict | None = None
     ratio: float | None = None
+    target_params: int | None = None
+    param_ratio: float | None = None
     granularity: str = "layer"
     energy: str = DEFAULT_ENERGY
     solver: str = "auto"
@@ -45,14 +54,41 @@ class BlockPruneConfig(BaseConfig):
 
     def validate_settings(self) -> None:
         """Raise BlockPruneError naming the first bad setting and how to fix it."""
-        if (self.remove is None) == (self.ratio is None):
+        if self.remove is not None and self.ratio is not None:
+            raise BlockPruneError("give remove (a block count) or ratio (a fraction of blocks), not both")
+        if self.target_params is not None and self.param_ratio is not None:
+            raise BlockPruneError("give target_params or param_ratio (a parameter budget), not both")
+        if all(getattr(self, k) is None for k in ("remove", "ratio", "target_params", "param_ratio")):
             raise BlockPruneError(
-                "give exactly one of remove (a block count) or ratio (a fraction of blocks)"
+                "say how much to remove: remove (blocks, or counts per kind), ratio, target_params or param_ratio"
             )
-        if self.remove is not None and (not isinstance(self.remove, int) or self.remove <= 0):
+        if isinstance(self.remove, Mapping):
+            self.remove = {str(k): v for k, v in self.remove.items()}
+            for kind, count in self.remove.items():
+                if kind not in KINDS:
+                    raise BlockPruneError(
+                        f"unknown block kind {kind!r} in remove; kinds are {', '.join(KINDS)}"
+                    )
+                if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+                    raise BlockPruneError(f"remove[{kind!r}] must be a whole number >= 0, got {count!r}")
+            if not any(self.remove.values()):
+                raise BlockPruneError("remove names no blocks; give a positive count for at least one kind")
+        elif self.remove is not None and (
+            not isinstance(self.remove, int) or isinstance(self.remove, bool) or self.remove <= 0
+        ):
             raise BlockPruneError(f"remove must be a positive number of blocks, got {self.remove!r}")
         if self.ratio is not None and not 0 < float(self.ratio) < 1:
             raise BlockPruneError(f"ratio must lie strictly between 0 and 1, got {self.ratio!r}")
+        if self.param_ratio is not None and not 0 < float(self.param_ratio) < 1:
+            raise BlockPruneError(f"param_ratio must lie strictly between 0 and 1, got {self.param_ratio!r}")
+        if self.target_params is not None and (
+            not isinstance(self.target_params, int)
+            or isinstance(self.target_params, bool)
+            or self.target_params <= 0
+        ):
+            raise BlockPruneError(
+                f"target_params must be a positive number of parameters, got {self.target_params!r}"
+            )
         if self.granularity not in GRANULARITIES:
             raise BlockPruneError(
                 f"granularity must be one of {', '.join(GRANULARITIES)}, got {self.granularity!r}"
@@ -65,11 +101,55 @@ class BlockPruneConfig(BaseConfig):
         if not isinstance(self.seq_len, int) or self.seq_len < 2:
             raise BlockPruneError(f"seq_len must be an integer >= 2, got {self.seq_len!r}")
 
-    def num_to_remove(self, num_blocks: int) -> int:
-        """The block count this config asks for, checked against the model's ``num_blocks``."""
-        m = self.remove if self.remove is not None else round(float(self.ratio) * num_blocks)
-        if not 0 < m < num_blocks:
+    def removal_target(
+        self, blocks: Sequence[Block], model_params: int
+    ) -> tuple[int | dict | None, int | None]:
+        """``(remove, min_params)`` for :func:`build_problem`: the block count (or counts per kind)
+        and the parameters the removed blocks must hold at least, checked against the model."""
+        remove: int | dict | None = self.remove
+        if self.ratio is not None:
+            remove = round(float(self.ratio) * len(blocks))
+        if isinstance(remove, int) and not 0 < remove < len(blocks):
             raise BlockPruneError(
-                f"cannot remove {m} of {num_blocks} blocks; choose between 1 and {num_blocks - 1}"
+                f"cannot remove {remove} of {len(blocks)} blocks; choose between 1 and {len(blocks) - 1}"
             )
-        return m
+        min_params = None
+        if self.param_ratio is not None:
+            min_params = math.ceil(float(self.param_ratio) * model_params)
+        elif self.target_params is not None:
+            if self.target_params >= model_params:
+                raise BlockPruneError(
+                    f"target_params {self.target_params:,} is not below the model's {model_params:,} parameters; "
+                    "give a smaller target"
+                )
+            min_params = model_params - self.target_params
+        return remove, min_params
+
+
+def parse_remove(text: str) -> int | dict[str, int]:
+    """``"6"`` -> 6; ``"attn=2,mlp=3"`` -> ``{"attn": 2, "mlp": 3}`` (one-line error otherwise)."""
+    text = text.strip()
+    if re.fullmatch(r"\d+", text):
+        return int(text)
+    counts = {}
+    for part in text.split(","):
+        kind, _, count = part.partition("=")
+        if not re.fullmatch(r"\s*\d+\s*", count):
+            raise BlockPruneError(
+                f"cannot read --remove {text!r}; give a block count (6) or counts per kind (attn=2,mlp=3)"
+            )
+        counts[kind.strip()] = int(count)
+    return counts
+
+
+_SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9}
+
+
+def parse_params(text: str) -> int:
+    """``"100M"`` -> 100_000_000 (suffixes K, M, B; plain numbers too)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMBG]?)\s*", text, flags=re.IGNORECASE)
+    if not match:
+        raise BlockPruneError(
+            f"cannot read a parameter count from {text!r}; write e.g. 100M, 1.5B or 90000000"
+        )
+    return round(float(match.group(1)) * _SUFFIX[match.group(2).upper()])

@@ -125,6 +125,4 @@ def adapter_for_type(model_type: str) -> Adapter:
     for adapter in registry:
         if getattr(adapter, "fallback", False):
             return adapter
-    raise BlockPruneError(
-        f"no adapter declares model type {model_type!r}; install a plugin that adds one"
-    )
+    raise BlockPruneError(f"no adapter declares model type {model_type!r}; install a plugin that adds one")

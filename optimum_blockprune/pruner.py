@@ -13,12 +13,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .adapters.base import Adapter
+from .adapters.base import Adapter, count_params
 from .analysis import GRADIENT_VARIANTS, gradient_energy, loss_energy
-from .blocks import Block
+from .blocks import Block, overlapping_blocks
 from .calibration import CalibrationData, build_calibration, load_texts
 from .config import BlockPruneConfig
-from .energy import EnergyModel
+from .energy import EnergyModel, penalise_overlaps
 from .errors import BlockPruneError
 from .gradients import gate_gradients
 from .plugins import get_adapter
@@ -114,7 +114,12 @@ class BlockPruner:
         names = [b.name for b in blocks]
         base_pos = _positions(names, base or [])
         data = self.calibration(config)
-        meta = {"model_id": self.model_id, "calibration": data.metadata, "num_tokens": data.num_tokens}
+        meta = {
+            "model_id": self.model_id,
+            "model_params": count_params(self.model),
+            "calibration": data.metadata,
+            "num_tokens": data.num_tokens,
+        }
         if config.energy in GRADIENT_VARIANTS:
             A, _ = gate_gradients(
                 self.model, self.adapter, blocks, data, config.batch_size, base_pos, progress
@@ -147,9 +152,10 @@ class BlockPruner:
 
         blocks = self.blocks(config.granularity)
         names = [b.name for b in blocks]
-        m = config.num_to_remove(len(blocks))
+        remove, min_params = config.removal_target(blocks, count_params(self.model))
         protect, force = list(config.protect or []), list(config.force or [])
         _positions(names, protect + force)  # validates names early
+        conflicts = overlapping_blocks(blocks)
         data = self.calibration(config)
         scorer = scorer or LossScorer(self.model, self.adapter, data, config.batch_size)
         work_before = scorer.forward_equivalents
@@ -158,35 +164,46 @@ class BlockPruner:
         rounds: list[dict[str, Any]] = []
         backward_passes = 0
         pool: list[str] | None = None
-        for target in _round_targets(m, len(force), config.energy):
+        targets = _round_targets(
+            remove, min_params, [blocks[i] for i in _positions(names, force)], blocks, config.energy
+        )
+        for r, (target, target_params) in enumerate(targets):
+            last = r == len(targets) - 1
             t0 = time.perf_counter()
             exclude = [n for n in names if pool is not None and n not in pool and n not in chosen]
             energy = self.analyze(config, base=chosen, scorer=scorer, exclude=exclude, progress=progress)
             if config.energy in GRADIENT_VARIANTS:
                 backward_passes += 1
-            free = [n for n in names if n not in chosen and n not in exclude and n not in protect]
-            order = np.argsort(energy.fields[_positions(names, free)])
-            pool = [free[i] for i in order[:RECENTRE_POOL]]
+            free = [i for i in _positions(names, names) if names[i] not in {*chosen, *exclude, *protect}]
+            pool = _cheapest_per_kind(energy, blocks, free, RECENTRE_POOL)
             # Intermediate rounds keep their ground state; only the last round's top-K is reranked
             # (measured on SmolLM2: reranking every round did 40% more work at M=8 and picked the same layers).
             samples = self.solve(
-                energy,
+                penalise_overlaps(energy, conflicts) if conflicts else energy,
                 target,
+                min_params=target_params,
                 solver=config.solver,
-                top_k=config.top_k if target == m else 1,
+                top_k=config.top_k if last else 1,
                 protect=protect + exclude,
                 force=chosen,
             )
-            candidates = solution_names(samples)
+            keep = [not _overlaps(c, conflicts) for c in solution_names(samples)]
+            candidates = [c for c, k in zip(solution_names(samples), keep, strict=True) if k]
+            if not candidates:
+                raise BlockPruneError(
+                    "every candidate removes a layer together with one of its own branches; "
+                    "use --granularity layer or sublayer, or raise --top-k"
+                )
             scores = rerank(scorer, candidates, base=chosen, progress=progress)
             best = int(np.argmin(scores))
             chosen = candidates[best]
             rounds.append(
                 {
                     "target": target,
+                    "min_params": target_params,
                     "candidates": [
                         {"removed": c, "energy": float(e), "loss": float(s)}
-                        for c, e, s in zip(candidates, samples.record.energy, scores, strict=True)
+                        for c, e, s in zip(candidates, samples.record.energy[keep], scores, strict=True)
                     ],
                     "chosen": best,
                     "solver": {
@@ -222,12 +239,11 @@ class BlockPruner:
 
         check_output_dir(save_dir, overwrite)
         t0 = time.perf_counter()
-        params_before = sum(p.numel() for p in self.model.parameters())
+        params_before = count_params(self.model)
         num_blocks = len(self.blocks(config.granularity))
         selection = self.select(config, progress=progress)
         t_select = time.perf_counter() - t0
-        layers = sorted(int(n.split(".")[1]) for n in selection.removed)
-        self.adapter.remove_layers(self.model, layers)
+        surgery = self.adapter.remove_blocks(self.model, selection.removed)
         config.removed_blocks = selection.removed
         report = {
             "model_id": self.model_id,
@@ -235,7 +251,9 @@ class BlockPruner:
             "removed": selection.removed,
             "num_blocks": num_blocks,
             "parameters_before": params_before,
-            "parameters_after": sum(p.numel() for p in self.model.parameters()),
+            "parameters_after": count_params(self.model),
+            "deleted_layers": surgery["deleted_layers"],
+            "skipped_branches": [f"layers.{i}.{kind}" for i, kind in surgery["skipped"]],
             "dense_loss": selection.dense_loss,
             "pruned_loss": selection.pruned_loss,
             "rounds": selection.rounds,
@@ -255,11 +273,51 @@ def _positions(names: list[str], wanted: list[str]) -> list[int]:
     return [lookup[w] for w in wanted]
 
 
-def _round_targets(m: int, already: int, variant: str) -> list[int]:
-    """Cumulative removal counts after each round: one round, or steps of RECENTRE_STEP."""
-    if m <= already:
-        raise BlockPruneError(f"{already} forced blocks already reach the requested {m}; raise --remove")
+def _round_targets(
+    remove: int | dict | None,
+    min_params: int | None,
+    forced: list[Block],
+    blocks: list[Block],
+    variant: str,
+) -> list[tuple[int | dict | None, int | None]]:
+    """``(remove, min_params)`` of each round: one round, or for ``recentred`` rounds that each add
+    about RECENTRE_STEP blocks, every constraint scaled by the fraction of rounds done."""
+    already = len(forced)
+    if isinstance(remove, int) and remove <= already:
+        raise BlockPruneError(f"{already} forced blocks already reach the requested {remove}; raise --remove")
     if variant != "recentred":
-        return [m]
-    rounds = math.ceil((m - already) / RECENTRE_STEP)
-    return [already + math.ceil((m - already) * (r + 1) / rounds) for r in range(rounds)]
+        return [(remove, min_params)]
+    if isinstance(remove, int):
+        total = remove
+    elif isinstance(remove, dict):
+        total = sum(remove.values())
+    else:  # a budget only: estimate the count from the average block
+        total = math.ceil(min_params / max(np.mean([b.num_params for b in blocks]), 1))
+    rounds = max(1, math.ceil((total - already) / RECENTRE_STEP))
+    out = []
+    for r in range(1, rounds + 1):
+        if isinstance(remove, int):
+            step = already + math.ceil((remove - already) * r / rounds)
+        elif isinstance(remove, dict):
+            step = {
+                k: max(sum(b.kind == k for b in forced), math.ceil(c * r / rounds)) for k, c in remove.items()
+            }
+        else:
+            step = None
+        out.append((step, None if min_params is None else math.ceil(min_params * r / rounds)))
+    return out
+
+
+def _cheapest_per_kind(energy: EnergyModel, blocks: list[Block], free: list[int], size: int) -> list[str]:
+    """Names of the ``size`` lowest-field free blocks of each kind (the next round's pool)."""
+    pool = []
+    for kind in dict.fromkeys(b.kind for b in blocks):
+        of_kind = [i for i in free if blocks[i].kind == kind]
+        order = np.argsort(energy.fields[of_kind], kind="stable")[:size]
+        pool += [blocks[of_kind[j]].name for j in order]
+    return pool
+
+
+def _overlaps(removed: list[str], conflicts: list[tuple[str, str]]) -> bool:
+    chosen = set(removed)
+    return any(a in chosen and b in chosen for a, b in conflicts)

@@ -10,6 +10,7 @@ import torch
 from conftest import tiny_model
 
 from optimum_blockprune import BlockPruneError
+from optimum_blockprune.blocks import Block
 from optimum_blockprune.config import BlockPruneConfig
 from optimum_blockprune.gates import Gates, removal_gates
 from optimum_blockprune.pruner import BlockPruner, _round_targets
@@ -35,11 +36,21 @@ def test_select_returns_valid_configuration_and_best_reranked(tmp_path, tokenize
 
 
 def test_recentred_rounds_fix_earlier_choices():
-    assert _round_targets(6, 0, "recentred") == [2, 4, 6]
-    assert _round_targets(5, 0, "recentred") == [2, 4, 5]
-    assert _round_targets(5, 0, "fisher") == [5]
+    blocks = [Block(i, "layer", 100) for i in range(10)]
+    assert _round_targets(6, None, [], blocks, "recentred") == [(2, None), (4, None), (6, None)]
+    assert _round_targets(5, None, [], blocks, "recentred") == [(2, None), (4, None), (5, None)]
+    assert _round_targets(5, None, [], blocks, "fisher") == [(5, None)]
     with pytest.raises(BlockPruneError):
-        _round_targets(2, 2, "recentred")
+        _round_targets(2, None, blocks[:2], blocks, "recentred")
+
+
+def test_recentred_rounds_scale_kind_counts_and_budgets():
+    blocks = [Block(i, k, 100 if k == "attn" else 300) for i in range(10) for k in ("attn", "mlp")]
+    rounds = _round_targets({"attn": 3, "mlp": 2}, 900, [blocks[0]], blocks, "recentred")
+    assert rounds == [({"attn": 2, "mlp": 1}, 450), ({"attn": 3, "mlp": 2}, 900)]
+    # a budget alone: about RECENTRE_STEP average blocks per round, the last round at the full budget
+    rounds = _round_targets(None, 1200, [], blocks, "recentred")
+    assert [r[0] for r in rounds] == [None, None, None] and rounds[-1][1] == 1200
 
 
 def test_analyze_energy_fields_are_real_single_removal_losses(tmp_path, tokenizer, corpus):
