@@ -112,6 +112,40 @@ def _target_settings(args: Namespace) -> dict:
     }
 
 
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _add_scale_args(parser: ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "large models and long runs (gradient energies; under 'accelerate launch' the samples are shared)"
+    )
+    group.add_argument(
+        "--dtype",
+        default="float32",
+        choices=_DTYPES,
+        help="weights' dtype (default: float32); gates and their gradients stay float32",
+    )
+    group.add_argument(
+        "--device-map",
+        default=None,
+        help="'auto' splits the model over GPUs, CPU and disk; or a device such as cuda:0 (default: CPU)",
+    )
+    group.add_argument(
+        "--max-memory", default=None, help="per device limits, e.g. 0=70GiB,1=70GiB,cpu=200GiB"
+    )
+    group.add_argument("--offload-folder", default=None, help="folder for layers offloaded to disk")
+    group.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="keep only each layer's input for the backward pass (less memory, one more forward)",
+    )
+    group.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="ignore OUTPUT.partial (rows checkpointed by an interrupted run) and start over",
+    )
+
+
 def _names(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
@@ -181,23 +215,53 @@ class AnalyzeCommand(_Leaf):
         _add_model_args(parser)
         _add_calibration_args(parser)
         _add_granularity_arg(parser)
+        _add_scale_args(parser)
         parser.add_argument("--output", "-o", default="energy.safetensors", help="energy file to write")
         parser.add_argument("--overwrite", action="store_true", help="replace an existing energy file")
 
     def execute(self, args: Namespace) -> None:
         from pathlib import Path
 
+        import torch
+
         from .config import BlockPruneConfig
+        from .distributed import Processes
+        from .loading import parse_max_memory, rank_max_memory
         from .pruner import BlockPruner
+        from .resume import partial_path
 
         out = Path(args.output)
         if out.exists() and not args.overwrite:
             raise BlockPruneError(f"{out} already exists; pass --overwrite to replace it")
         config = BlockPruneConfig(remove=1, granularity=args.granularity, **_calibration_settings(args))
-        pruner = BlockPruner.from_pretrained(args.model, adapter=args.adapter)
-        energy = pruner.analyze(config, progress=True)
-        energy.save(out)
-        print(f"energy model ({energy.variant}, {len(energy)} blocks) written to {out}")
+        processes = Processes.current()
+        device_map = args.device_map
+        max_memory = parse_max_memory(args.max_memory) if args.max_memory else None
+        if processes.world > 1 and device_map is None and processes.device.type != "cpu":
+            device_map = {"": str(processes.device)}  # data parallel: one whole model per process
+        elif processes.world > 1 and device_map == "auto" and max_memory is None:
+            max_memory = rank_max_memory(processes.local_rank, processes.local_world)
+        pruner = BlockPruner.from_pretrained(
+            args.model,
+            adapter=args.adapter,
+            dtype=getattr(torch, args.dtype),
+            device_map=device_map,
+            max_memory=max_memory,
+            offload_folder=args.offload_folder,
+        )
+        partial = partial_path(out)
+        energy = pruner.analyze(
+            config,
+            progress=True,
+            checkpoint=partial,
+            resume=not args.no_resume,
+            gradient_checkpointing=args.gradient_checkpointing,
+        )
+        if processes.is_main:
+            energy.save(out)
+            partial.unlink(missing_ok=True)
+            print(f"energy model ({energy.variant}, {len(energy)} blocks) written to {out}")
+        processes.close()
 
 
 class SolveCommand(_Leaf):

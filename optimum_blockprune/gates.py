@@ -62,9 +62,39 @@ class Gates:
 
 
 def _scaled(hidden: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return _GateScale.apply(hidden, scale.to(hidden.device))
+
+
+def _broadcastable(scale: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
     if scale.dim() == 1:  # per-sample gates: [batch] -> [batch, 1, ..., 1]
-        scale = scale.view(-1, *([1] * (hidden.dim() - 1)))
-    return hidden * scale.to(hidden.dtype)
+        return scale.view(-1, *([1] * (hidden.dim() - 1)))
+    return scale
+
+
+class _GateScale(torch.autograd.Function):
+    """``hidden * scale`` in the weights' dtype, with the gate gradient reduced in float32.
+
+    With bfloat16 / float16 weights a plain product would round each gate's gradient (a sum over
+    all positions and features) to 8 or 11 bits; here the products are summed in float32 and the
+    gradient keeps the gate's own dtype. Only ``hidden`` is saved, in its own dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(hidden, scale)
+        return hidden * _broadcastable(scale, hidden).to(hidden.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        hidden, scale = ctx.saved_tensors
+        grad_hidden = grad_scale = None
+        if ctx.needs_input_grad[0]:
+            grad_hidden = grad * _broadcastable(scale, hidden).to(grad.dtype)
+        if ctx.needs_input_grad[1]:
+            products = grad.float() * hidden.float()
+            sums = products.flatten(1).sum(1) if scale.dim() == 1 else products.sum()
+            grad_scale = sums.to(scale.dtype)
+        return grad_hidden, grad_scale
 
 
 def removal_gates(n_blocks: int, removed: Sequence[int], batch: int | None = None) -> torch.Tensor:

@@ -25,8 +25,16 @@ def load_model_and_tokenizer(
     *,
     tokenizer: Any = None,
     dtype: torch.dtype = torch.float32,
+    device_map: str | dict | None = None,
+    max_memory: dict | None = None,
+    offload_folder: str | Path | None = None,
 ) -> tuple[nn.Module, Any, str]:
-    """(model, tokenizer, model_id). ``None`` means the bundled demo model."""
+    """(model, tokenizer, model_id). ``None`` means the bundled demo model.
+
+    ``device_map`` (``"auto"``, ``"cuda:1"``, a module-to-device dict, ...), ``max_memory`` and
+    ``offload_folder`` (for layers mapped to ``"disk"``) go to ``from_pretrained``; they split a
+    model too large for one device over GPUs, CPU memory and disk.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if isinstance(model_or_path, nn.Module):
@@ -46,16 +54,17 @@ def load_model_and_tokenizer(
         raise BlockPruneError(f"model folder not found: {source}; give a folder with config.json and weights")
     if path.exists() and not (path / "config.json").is_file():
         raise BlockPruneError(f"{source} has no config.json; give a folder saved with save_pretrained")
+    placement = _placement(device_map, max_memory, offload_folder)
     try:
         if path.exists():
-            model = load_pruned(path, dtype=dtype)
+            model = load_pruned(path, dtype=dtype, **placement)
         else:
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **placement)
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc) or "model_type" in str(exc):
             raise BlockPruneError(f"unknown architecture in {source}: {_first_line(exc)}") from None
         raise BlockPruneError(f"cannot load model {source}: {_first_line(exc)}") from None
-    except (OSError, KeyError) as exc:
+    except (OSError, KeyError, RuntimeError) as exc:
         raise BlockPruneError(f"cannot load model {source}: {_first_line(exc)}") from None
     if tokenizer is None:
         try:
@@ -63,3 +72,59 @@ def load_model_and_tokenizer(
         except Exception as exc:
             raise BlockPruneError(f"cannot load the tokenizer of {source}: {_first_line(exc)}") from None
     return model, tokenizer, source
+
+
+def _placement(
+    device_map: str | dict | None, max_memory: dict | None, offload_folder: str | Path | None
+) -> dict[str, Any]:
+    """``from_pretrained`` placement arguments, checked so that mistakes give one-line errors."""
+    if device_map is None:
+        if max_memory or offload_folder:
+            raise BlockPruneError("max memory and offload folder need a device map; add --device-map auto")
+        return {}
+    wanted = device_map.values() if isinstance(device_map, dict) else [device_map]
+    if any(str(d).startswith("cuda") or isinstance(d, int) for d in wanted) and not torch.cuda.is_available():
+        raise BlockPruneError(
+            f"device map {device_map} needs CUDA, which this machine lacks; use cpu or auto"
+        )
+    if "disk" in wanted and offload_folder is None:
+        raise BlockPruneError("the device map offloads to disk; give a folder with --offload-folder")
+    out: dict[str, Any] = {"device_map": device_map}
+    if max_memory:
+        out["max_memory"] = max_memory
+    if offload_folder is not None:
+        Path(offload_folder).mkdir(parents=True, exist_ok=True)
+        out["offload_folder"] = str(offload_folder)
+    return out
+
+
+def parse_max_memory(text: str) -> dict[int | str, str]:
+    """``"0=70GiB,1=70GiB,cpu=200GiB"`` -> ``{0: "70GiB", 1: "70GiB", "cpu": "200GiB"}``."""
+    out: dict[int | str, str] = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        device, sep, amount = item.partition("=")
+        if not sep or not amount.strip():
+            raise BlockPruneError(f"bad max memory {item!r}; write DEVICE=AMOUNT, e.g. 0=70GiB,cpu=200GiB")
+        device = device.strip()
+        out[int(device) if device.isdigit() else device] = amount.strip()
+    return out
+
+
+def rank_max_memory(local_rank: int, local_world: int) -> dict[int | str, int] | None:
+    """For ``device_map="auto"`` under a data-parallel launch: this process's share of the node's
+    GPUs (``local_world`` processes each get ``gpus // local_world`` of them) and of CPU memory."""
+    from accelerate.utils import get_max_memory
+
+    gpus = torch.cuda.device_count()
+    if local_world <= 1 or gpus == 0:
+        return None
+    per = gpus // local_world
+    if per == 0:
+        raise BlockPruneError(
+            f"{local_world} processes share {gpus} GPUs; launch at most {gpus} processes with --device-map auto"
+        )
+    memory = get_max_memory()
+    mine = {g: memory[g] for g in range(local_rank * per, (local_rank + 1) * per)}
+    if "cpu" in memory:
+        mine["cpu"] = memory["cpu"] // local_world
+    return mine

@@ -18,6 +18,7 @@ from .analysis import GRADIENT_VARIANTS, gradient_energy, loss_energy
 from .blocks import Block, overlapping_blocks
 from .calibration import CalibrationData, build_calibration, load_texts
 from .config import BlockPruneConfig
+from .distributed import Processes
 from .energy import EnergyModel, penalise_overlaps
 from .errors import BlockPruneError
 from .gradients import gate_gradients
@@ -65,11 +66,24 @@ class BlockPruner:
         tokenizer: Any = None,
         adapter: str | None = None,
         dtype: torch.dtype = torch.float32,
+        device_map: str | dict | None = None,
+        max_memory: dict | None = None,
+        offload_folder: str | Path | None = None,
     ) -> BlockPruner:
-        """Load a model folder (default: the bundled demo model) or wrap an in-memory model."""
+        """Load a model folder (default: the bundled demo model) or wrap an in-memory model.
+
+        ``device_map`` / ``max_memory`` / ``offload_folder`` place a large model over GPUs, CPU
+        and disk (see :func:`optimum_blockprune.loading.load_model_and_tokenizer`)."""
         from .loading import load_model_and_tokenizer
 
-        model, tokenizer, model_id = load_model_and_tokenizer(model_or_path, tokenizer=tokenizer, dtype=dtype)
+        model, tokenizer, model_id = load_model_and_tokenizer(
+            model_or_path,
+            tokenizer=tokenizer,
+            dtype=dtype,
+            device_map=device_map,
+            max_memory=max_memory,
+            offload_folder=offload_folder,
+        )
         return cls(model, tokenizer, get_adapter(model, adapter), model_id)
 
     def blocks(self, granularity: str = "layer") -> list[Block]:
@@ -107,8 +121,17 @@ class BlockPruner:
         scorer: LossScorer | None = None,
         exclude: list[str] | None = None,
         progress: bool = False,
+        checkpoint: str | Path | None = None,
+        resume: bool = True,
+        gradient_checkpointing: bool = False,
     ) -> EnergyModel:
-        """The energy model of ``config.energy`` at the configuration that removes ``base``."""
+        """The energy model of ``config.energy`` at the configuration that removes ``base``.
+
+        For the gradient energies (``fisher``, ``taylor``): rows of A are checkpointed to
+        ``checkpoint`` after every batch and, with ``resume``, continued from it (delete it once
+        the energy is saved); ``gradient_checkpointing`` recomputes layers in the backward pass
+        to save memory; under ``accelerate launch`` the calibration batches are shared among the
+        processes and every process gets the whole energy."""
         config = config or BlockPruneConfig(remove=1)
         blocks = self.blocks(config.granularity)
         names = [b.name for b in blocks]
@@ -121,11 +144,26 @@ class BlockPruner:
             "num_tokens": data.num_tokens,
         }
         if config.energy in GRADIENT_VARIANTS:
-            A, _ = gate_gradients(
-                self.model, self.adapter, blocks, data, config.batch_size, base_pos, progress
+            A, losses = gate_gradients(
+                self.model,
+                self.adapter,
+                blocks,
+                data,
+                config.batch_size,
+                base_pos,
+                progress,
+                checkpoint=checkpoint,
+                resume=resume,
+                gradient_checkpointing=gradient_checkpointing,
             )
             energy = gradient_energy(config.energy, A, blocks, base_pos)
+            energy.sources["losses"] = losses
         else:
+            if Processes.current().world > 1:
+                raise BlockPruneError(
+                    f"the {config.energy!r} energy runs in one process; drop accelerate launch "
+                    "or use --energy fisher / taylor for a data-parallel analysis"
+                )
             scorer = scorer or LossScorer(self.model, self.adapter, data, config.batch_size)
             energy = loss_energy(
                 config.energy, scorer, blocks, base_pos, _positions(names, exclude or []), progress
