@@ -64,8 +64,7 @@ ARCHITECTURES: dict[str, tuple[str, dict]] = {
             num_experts=4,
             num_experts_per_tok=2,
             moe_intermediate_size=16,
-            decoder_sparse_step=1,
-            mlp_only_layers=[1],
+            decoder_sparse_step=2,  # layers 1 and 3 sparse, 0 and 2 dense: renumbering must keep that
         ),
     ),
     "mixtral": ("moe", dict(COMMON, num_hidden_layers=4, num_local_experts=4, num_experts_per_tok=2)),

@@ -118,16 +118,39 @@ def test_branch_removal_frees_parameters_and_is_recorded():
     adapter = get_adapter(model)
     before = sum(p.numel() for p in model.parameters())
     blocks = {b.name: b for b in adapter.blocks(model, "sublayer")}
-    summary = adapter.remove_blocks(model, ["layers.0.moe", "layers.1.attn"])
-    assert summary == {"deleted_layers": [], "skipped": [[0, "moe"], [1, "attn"]]}
-    freed = blocks["layers.0.moe"].num_params + blocks["layers.1.attn"].num_params
+    assert [n for n in blocks if n.endswith(("mlp", "moe"))] == [
+        f"layers.{i}.{k}" for i, k in enumerate(["mlp", "moe"] * 2)
+    ]
+    summary = adapter.remove_blocks(model, ["layers.1.moe", "layers.0.attn"])
+    assert summary == {"deleted_layers": [], "skipped": [[0, "attn"], [1, "moe"]]}
+    freed = blocks["layers.1.moe"].num_params + blocks["layers.0.attn"].num_params
     assert sum(p.numel() for p in model.parameters()) == before - freed
-    assert layer_skips(model.config) == {0: ["mlp"], 1: ["attention"]}
+    assert layer_skips(model.config) == {0: ["attention"], 1: ["mlp"]}
     assert [b.name for b in adapter.blocks(model, "sublayer")][:3] == [
-        "layers.0.attn",
-        "layers.1.mlp",
+        "layers.0.mlp",
+        "layers.1.attn",
         "layers.2.attn",
     ]
+
+
+def test_moe_sparse_step_survives_renumbering(tmp_path):
+    """Deleting layer 0 shifts every index: the dense / sparse pattern must be written out."""
+    model = tiny_arch_model("qwen3_moe")
+    adapter = get_adapter(model)
+    adapter.remove_blocks(model, ["layers.0"])
+    assert model.config.decoder_sparse_step == 1 and model.config.mlp_only_layers == [1]
+    save(model, tmp_path)
+    reloaded = load_pruned(tmp_path).eval()
+    assert [b.kind for b in adapter.blocks(reloaded, "sublayer")] == [
+        "attn",
+        "moe",
+        "attn",
+        "mlp",
+        "attn",
+        "moe",
+    ]
+    with torch.no_grad():
+        assert torch.equal(reloaded(IDS).logits, model(IDS).logits)
 
 
 def test_removing_every_branch_of_a_layer_deletes_it():

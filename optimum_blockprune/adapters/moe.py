@@ -29,3 +29,16 @@ class MoEAdapter(Adapter):
 
     def branch_kinds(self, layer: nn.Module) -> list[str]:
         return ["attn", "moe" if is_moe(layer.mlp) else "mlp"]
+
+    def remove_layers(self, model: nn.Module, layers: list[int]) -> None:
+        """Delete layers, then describe which kept layers are dense explicitly: Qwen-MoE decides
+        dense vs sparse from ``(layer_idx + 1) % decoder_sparse_step``, which renumbering would
+        shift, so the pattern becomes ``decoder_sparse_step = 1`` plus ``mlp_only_layers``."""
+        config = model.config
+        step = getattr(config, "decoder_sparse_step", None)
+        super().remove_layers(model, layers)
+        if isinstance(step, int) and step > 1:
+            config.decoder_sparse_step = 1
+            config.mlp_only_layers = [
+                i for i, layer in enumerate(self.decoder_layers(model)) if "mlp" in self.branch_kinds(layer)
+            ]
