@@ -179,3 +179,16 @@ def test_generic_adapter_refuses_layers_it_cannot_read():
     with pytest.raises(BlockPruneError) as info:
         get_adapter(model)
     assert "\n" not in str(info.value) and "not a plain residual addend" in str(info.value)
+
+
+def test_gpt2_with_index_scaled_attention_refuses_layer_deletion():
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    model = AutoModelForCausalLM.from_config(
+        GPT2Config(**ARCHITECTURES["gpt2"][1], scale_attn_by_inverse_layer_idx=True)
+    )
+    adapter = get_adapter(model)
+    with pytest.raises(BlockPruneError, match="sublayer"):
+        adapter.remove_blocks(model, ["layers.1"])
+    adapter.remove_blocks(model, ["layers.1.mlp"])  # single branches keep every index
+    assert model.config.n_layer == 4

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..errors import BlockPruneError
 from .base import Adapter
 
 
@@ -23,3 +24,13 @@ class GPT2Adapter(Adapter):
 
     def final_norm(self, model: nn.Module) -> nn.Module:
         return model.get_decoder().ln_f
+
+    def remove_layers(self, model: nn.Module, layers: list[int]) -> None:
+        """As the base, except with ``scale_attn_by_inverse_layer_idx``: attention scores are
+        divided by ``layer_idx + 1`` there, so renumbering would change every later layer."""
+        if layers and getattr(model.config, "scale_attn_by_inverse_layer_idx", False):
+            raise BlockPruneError(
+                "this GPT-2 scales attention by its layer index, so whole layers cannot be deleted "
+                "without changing later layers; use --granularity sublayer"
+            )
+        super().remove_layers(model, layers)
