@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,8 +128,9 @@ class BlockPruner:
         energy.metadata.update(meta)
         return energy
 
-    def solve(self, energy: EnergyModel, remove: int, **options: Any):
-        """Lowest-energy configurations (a dimod SampleSet); see :func:`optimum_blockprune.solve`."""
+    def solve(self, energy: EnergyModel, remove: int | Mapping[str, int] | None = None, **options: Any):
+        """Lowest-energy configurations (a dimod SampleSet); see :func:`optimum_blockprune.solve`
+        (``remove`` a count or counts per kind, ``min_params=`` a parameter budget)."""
         from .solvers import solve
 
         return solve(energy, remove, **options)

@@ -232,3 +232,93 @@ def test_bad_solve_calls_give_one_line_errors(kwargs, match) -> None:
     with pytest.raises(BlockPruneError) as exc:
         solve(energy, **kwargs)
     assert match in one_line(exc)
+
+
+# --------------------------------------------------------------------- per-kind counts and budgets
+def sublayer_energy(layers: int, rng: np.random.Generator, psd: bool = True) -> EnergyModel:
+    """layers.i.attn / layers.i.mlp blocks with distinct parameter counts (mlp about twice attn)."""
+    block_names = [f"layers.{i}.{k}" for i in range(layers) for k in ("attn", "mlp")]
+    n = len(block_names)
+    params = rng.integers(10_000, 20_000, size=n) * np.tile([1, 2], layers)
+    if psd:
+        base = psd_energy(n, rng)
+        return EnergyModel(
+            base.sources["A"], block_names, fields=base.fields, num_params=params, sources=base.sources
+        )
+    J = rng.normal(size=(n, n))
+    return EnergyModel(
+        block_names=block_names, fields=rng.normal(size=n), couplings=(J + J.T) / 2, num_params=params
+    )
+
+
+def brute_force_general(problem: Problem) -> list[tuple[float, tuple[str, ...]]]:
+    """Every feasible configuration of any constraint kind (all 2^N vectors, direct checks)."""
+    n = len(problem.names)
+    X = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1).astype(np.int8)
+    kinds = np.array(problem.energy.kinds)
+    ok = (X[:, list(problem.protect)] == 0).all(axis=1) & (X[:, list(problem.force)] == 1).all(axis=1)
+    if problem.counts is not None:
+        for kind in set(kinds):
+            ok &= X[:, kinds == kind].sum(axis=1) == problem.counts.get(kind, 0)
+    elif problem.remove is not None:
+        ok &= X.sum(axis=1) == problem.remove
+    if problem.min_params is not None:
+        ok &= X.astype(np.int64) @ problem.energy.num_params >= problem.min_params
+    X = X[ok]
+    energies = problem.energy.energies(X)
+    return sorted(
+        (float(e), tuple(problem.names[i] for i in np.flatnonzero(x)))
+        for e, x in zip(energies, X, strict=True)
+    )
+
+
+GENERAL_REQUESTS = [
+    ({"remove": {"attn": 2, "mlp": 2}}, (), ()),
+    ({"remove": {"mlp": 3}}, ("layers.0.mlp",), ("layers.5.mlp",)),
+    ({"remove": {"attn": 3, "mlp": 1}}, (), ("layers.2.attn",)),
+    ({"min_params": 100_000}, (), ()),
+    ({"min_params": 150_000}, ("layers.6.mlp",), ("layers.1.attn",)),
+    ({"remove": 4, "min_params": 130_000}, (), ()),
+    ({"remove": {"attn": 2, "mlp": 3}, "min_params": 120_000}, ("layers.3.mlp",), ()),
+]
+
+
+@pytest.mark.parametrize(("request_", "protect", "force"), GENERAL_REQUESTS)
+@pytest.mark.parametrize("psd", [True, False])
+def test_exhaustive_top_k_equals_brute_force_for_every_constraint_kind(request_, protect, force, psd) -> None:
+    rng = np.random.default_rng(len(str(request_)) + psd)
+    energy = sublayer_energy(7, rng, psd=psd)  # 14 blocks: 16,384 vectors for the brute force
+    problem = build_problem(energy, **request_, protect=protect, force=force)
+    result = ExhaustiveSolver().sample(problem, top_k=12)
+    expected = brute_force_general(problem)[:12]
+    assert_valid(result, problem, 12, "exhaustive")
+    assert [tuple(r) for r in solution_names(result)] == [names_ for _, names_ in expected]
+    np.testing.assert_allclose(result.record.energy, [e for e, _ in expected], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("solver", ["tabu", "sa", "auto"])
+@pytest.mark.parametrize(("request_", "protect", "force"), GENERAL_REQUESTS)
+def test_every_solver_returns_feasible_rows_for_every_constraint_kind(
+    solver, request_, protect, force
+) -> None:
+    rng = np.random.default_rng(7 + len(str(request_)))
+    energy = sublayer_energy(7, rng)
+    problem = build_problem(energy, **request_, protect=protect, force=force)
+    result = plugins.solvers()[solver].sample(problem, top_k=6)
+    assert_valid(result, problem, 6, solver)
+    assert result.first.energy == pytest.approx(brute_force_general(problem)[0][0])
+
+
+def test_heuristics_repair_every_constraint_kind_from_a_useless_penalty() -> None:
+    energy = sublayer_energy(8, np.random.default_rng(3))
+    for request_ in (
+        {"remove": {"attn": 3, "mlp": 2}},
+        {"min_params": 120_000},
+        {"remove": 5, "min_params": 150_000},
+    ):
+        problem = build_problem(energy, **request_)
+        best = ExhaustiveSolver().sample(problem, top_k=1).first.energy
+        for solver in ("tabu", "sa"):
+            result = solve(energy, **request_, solver=solver, penalty=1e-9)
+            assert_valid(result, problem, 10, solver)
+            assert result.first.energy == pytest.approx(best)

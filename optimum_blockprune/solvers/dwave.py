@@ -1,9 +1,11 @@
 """Heuristic solvers on dwave-samplers: tabu search and simulated annealing.
 
-Both sample the penalised BQM ``E(x) + λ(Σx − M)²`` over the free blocks (protected and forced
-blocks are fixed out), with λ from the energy scale, doubled while fewer than half the samples are
-feasible. Every sample is then repaired to exactly M removed (greedy add/drop) and polished by a
-swap local search that keeps the count; the best ones are grown by their swap neighbours into a
+Both sample a penalised BQM over the free blocks (protected, excluded and forced blocks are fixed
+out): ``E(x) + λ Σ_g (Σ_{i∈g} x_i − k_g)²`` for every count constraint, with λ from the energy
+scale, doubled while fewer than half the samples meet the counts. With a parameter budget a second
+BQM adds ``λ ((wᵀx − b)/w̄)²`` (the budget is an inequality: the first BQM covers the case where it
+does not bind). Every sample is then repaired to feasibility and polished by a local search whose
+moves keep every constraint (:mod:`.moves`); the best ones are grown by their neighbours into a
 top-K list. Only feasible configurations come out. Deterministic for a given ``seed``.
 """
 
@@ -16,7 +18,8 @@ import dimod
 import numpy as np
 
 from ..errors import BlockPruneError
-from ..problem import Problem
+from ..problem import Problem, min_blocks
+from .moves import Moves
 from .registry import check_options, check_top_k, make_sampleset
 
 PENALTY_TRIES = 6
@@ -30,113 +33,56 @@ def penalty_scale(h: np.ndarray, J: np.ndarray, k: int) -> float:
     return scale if scale > 0 else 1.0
 
 
-def penalised_bqm(h: np.ndarray, J: np.ndarray, k: int, strength: float) -> dimod.BinaryQuadraticModel:
-    """QUBO of ``h·x + xᵀJx + strength·(Σx − k)²`` over variables 0..n-1."""
+def penalised_bqm(
+    h: np.ndarray,
+    J: np.ndarray,
+    groups: list[tuple[np.ndarray, int | None]],
+    strength: float,
+    budget: tuple[np.ndarray, float] | None = None,
+) -> dimod.BinaryQuadraticModel:
+    """QUBO of ``h·x + xᵀJx + strength·(Σ_g (Σ_{i∈g} x_i − k_g)² [+ ((wᵀx − b)/w̄)²])`` over 0..n-1."""
     n = len(h)
-    linear = h + np.diag(J) + strength * (1 - 2 * k)
-    quad = np.triu(2 * J + 2 * strength, k=1)
+    Q, lin, offset = J.copy(), h.copy(), 0.0
+    for members, k in groups:
+        if k is None:
+            continue
+        ind = np.zeros(n)
+        ind[members] = 1
+        Q += strength * np.outer(ind, ind)
+        lin -= 2 * strength * k * ind
+        offset += strength * k * k
+    if budget is not None:
+        w, b = budget
+        scale = float(w[w > 0].mean()) if (w > 0).any() else 1.0
+        v, c = w / scale, b / scale
+        Q += strength * np.outer(v, v)
+        lin -= 2 * strength * c * v
+        offset += strength * c * c
+    linear = lin + np.diag(Q)
     rows, cols = np.triu_indices(n, k=1)
     return dimod.BinaryQuadraticModel.from_numpy_vectors(
-        linear, (rows, cols, quad[rows, cols]), strength * k * k, "BINARY"
+        linear, (rows, cols, 2 * Q[rows, cols]), offset, "BINARY"
     )
 
 
-def _couplings(h: np.ndarray, J: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(single-block costs ``a``, pair costs ``B`` with zero diagonal) of the same energy."""
-    return h + np.diag(J), 2 * J - 2 * np.diag(np.diag(J))
+def typical_count(problem: Problem) -> int:
+    """Number of free blocks a feasible configuration typically removes (for scales and starts)."""
+    if problem.free_remove is not None:
+        return problem.free_remove
+    weights, rhs = problem.budget
+    return max(1, min_blocks(weights, rhs))
 
 
-def repair(Y: np.ndarray, h: np.ndarray, J: np.ndarray, k: int) -> np.ndarray:
-    """Greedily drop (add) the block that lowers (raises least) the energy until each row has k ones."""
-    Y = np.array(Y, dtype=np.int8)
-    a, B = _couplings(h, J)
-    gain = a + Y @ B  # energy change of adding block j (minus the change of dropping it)
-    rows = np.arange(len(Y))
-    while True:
-        count = Y.sum(axis=1)
-        over, under = count > k, count < k
-        if not (over.any() or under.any()):
-            return Y
-        masked = np.where(Y == 1, -gain, gain)  # cost of toggling each block
-        masked[over[:, None] & (Y == 0)] = np.inf
-        masked[under[:, None] & (Y == 1)] = np.inf
-        masked[~(over | under)] = np.inf
-        pick = np.argmin(masked, axis=1)
-        move = rows[over | under]
-        sign = np.where(Y[move, pick[move]] == 1, -1, 1)
-        Y[move, pick[move]] += sign.astype(np.int8)
-        gain[move] += sign[:, None] * B[pick[move]]
-
-
-def _swaps(Y: np.ndarray, gain: np.ndarray, B: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
-    """Removed blocks (R, k), kept blocks (R, n-k) and energy changes (R, k, n-k) of every 1-swap."""
-    order = np.argsort(-Y, axis=1, kind="stable")
-    out, inn = order[:, :k], order[:, k:]
-    g_out = np.take_along_axis(gain, out, axis=1)
-    g_in = np.take_along_axis(gain, inn, axis=1)
-    return out, inn, g_in[:, None, :] - g_out[:, :, None] - B[out[:, :, None], inn[:, None, :]]
-
-
-def swap_descent(Y: np.ndarray, h: np.ndarray, J: np.ndarray, max_steps: int = 10_000) -> np.ndarray:
-    """Steepest-descent 1-swap local search (one block out, one in) on rows with equal counts."""
-    Y = np.array(Y, dtype=np.int8)
-    n = Y.shape[1]
-    k = int(Y[0].sum()) if len(Y) else 0
-    if k in (0, n):
-        return Y
-    a, B = _couplings(h, J)
-    gain = a + Y @ B  # energy change of adding block j (minus the change of dropping it)
-    rows = np.arange(len(Y))
-    tol = 1e-12 * max(1.0, float(np.abs(B).max(initial=0.0)), float(np.abs(a).max(initial=0.0)))
-    for _ in range(max_steps):
-        out, inn, delta = _swaps(Y, gain, B, k)
-        flat = delta.reshape(len(Y), -1)
-        best = np.argmin(flat, axis=1)
-        improve = flat[rows, best] < -tol
-        if not improve.any():
-            break
-        r = rows[improve]
-        i = out[r, best[improve] // (n - k)]
-        j = inn[r, best[improve] % (n - k)]
-        Y[r, i], Y[r, j] = 0, 1
-        gain[r] += B[j] - B[i]
-    return Y
-
-
-def _energies(Y: np.ndarray, a: np.ndarray, B: np.ndarray) -> np.ndarray:
-    return Y @ a + np.einsum("ri,ij,rj->r", Y, B, Y, optimize=True) / 2
-
-
-def swap_neighbours(Y: np.ndarray, h: np.ndarray, J: np.ndarray, count: int) -> np.ndarray:
-    """The ``count`` lowest-energy 1-swap neighbours of the rows of Y."""
-    Y = np.asarray(Y, dtype=np.int8)
-    n = Y.shape[1]
-    k = int(Y[0].sum())
-    if k in (0, n):
-        return Y[:0]
-    a, B = _couplings(h, J)
-    out, inn, delta = _swaps(Y, a + Y @ B, B, k)
-    flat = (_energies(Y, a, B)[:, None, None] + delta).ravel()
-    pick = np.argpartition(flat, count - 1)[:count] if len(flat) > count else np.arange(len(flat))
-    r, rest = np.divmod(pick, k * (n - k))
-    i, j = out[r, rest // (n - k)], inn[r, rest % (n - k)]
-    N = Y[r].copy()
-    N[np.arange(len(r)), i], N[np.arange(len(r)), j] = 0, 1
-    return N
-
-
-def low_states(Y: np.ndarray, h: np.ndarray, J: np.ndarray, top_k: int, rounds: int = 20) -> np.ndarray:
-    """Best ``top_k`` distinct rows of Y, grown by 1-swap neighbours until that set stops changing."""
-    a, B = _couplings(h, J)
-    best = np.unique(np.asarray(Y, dtype=np.int8), axis=0)
-    best = best[np.argsort(_energies(best, a, B), kind="stable")[:top_k]]
-    for _ in range(rounds):
-        pool = np.unique(np.concatenate([best, swap_neighbours(best, h, J, top_k)]), axis=0)
-        pool = pool[np.argsort(_energies(pool, a, B), kind="stable")[:top_k]]
-        if len(pool) == len(best) and (pool == best).all():
-            break
-        best = pool
-    return best
+def random_starts(problem: Problem, reads: int, seed: int) -> np.ndarray:
+    """(reads, free) 0/1 rows that meet the counts (budget-only: the typical number of blocks)."""
+    n = len(problem.free)
+    rng = np.random.default_rng(seed)
+    starts = np.zeros((reads, n), dtype=np.int8)
+    for members, k in problem.groups:
+        k = typical_count(problem) if k is None else k
+        order = np.argsort(rng.random((reads, len(members))), axis=1)
+        np.put_along_axis(starts, members[order[:, :k]], 1, axis=1)
+    return starts
 
 
 class _DwaveSolver:
@@ -145,9 +91,9 @@ class _DwaveSolver:
     name = ""
     options: tuple[str, ...] = ()
     defaults: dict[str, Any] = {}
-    penalty_start = 1.0  # times penalty_scale(); doubled while fewer than half the samples are feasible
+    penalty_start = 1.0  # times penalty_scale(); doubled while fewer than half the samples meet the counts
 
-    def _run(self, bqm: dimod.BinaryQuadraticModel, k: int, **kwargs: Any) -> dimod.SampleSet:
+    def _run(self, bqm: dimod.BinaryQuadraticModel, problem: Problem, **kwargs: Any) -> dimod.SampleSet:
         raise NotImplementedError
 
     def sample(self, problem: Problem, *, top_k: int = 10, **options: Any) -> dimod.SampleSet:
@@ -155,26 +101,41 @@ class _DwaveSolver:
         top_k = check_top_k(top_k)
         started = time.perf_counter()
         _, h, J = problem.reduced()
-        k, n = problem.free_remove, len(h)
+        n = len(h)
         kwargs = {**self.defaults, **options}
         if int(kwargs.get("num_reads", 1)) < 1:
             raise BlockPruneError(f"num_reads must be at least 1; got {kwargs['num_reads']!r}")
+        moves = Moves(problem, h, J)
+        counted = [c for _, c in problem.groups if c is not None]
+        trivial = n == 0 or (
+            problem.budget is None and all(c in (0, len(m)) for m, c in problem.groups if c is not None)
+        )
         strength = kwargs.pop("penalty", None)
         tries = 1 if strength is not None else PENALTY_TRIES
-        strength = float(strength) if strength is not None else self.penalty_start * penalty_scale(h, J, k)
-        if k in (0, n):
-            Y = np.full((1, n), 1 if k else 0, dtype=np.int8)
+        scale = penalty_scale(h, J, typical_count(problem))
+        strength = float(strength) if strength is not None else self.penalty_start * scale
+        if trivial:
+            Y = np.zeros((1, n), dtype=np.int8)
+            for members, count in problem.groups:
+                Y[0, members] = 1 if count else 0
             feasible_fraction = 1.0
         else:
             for attempt in range(tries):
-                raw = self._run(penalised_bqm(h, J, k, strength), k, **kwargs)
-                Y = raw.record.sample[:, np.argsort(list(raw.variables))].astype(np.int8)
-                feasible_fraction = float(np.mean(Y.sum(axis=1) == k))
-                if feasible_fraction >= 0.5 or attempt == tries - 1:
+                Y = self._samples(penalised_bqm(h, J, problem.groups, strength), problem, **kwargs)
+                meets = np.ones(len(Y), dtype=bool)
+                for members, count in problem.groups:
+                    if count is not None:
+                        meets &= Y[:, members].sum(axis=1) == count
+                if not counted or meets.mean() >= 0.5 or attempt == tries - 1:
                     break
                 strength *= 2
-            Y = swap_descent(repair(Y, h, J, k), h, J)
-            Y = low_states(Y, h, J, top_k)
+            if problem.budget is not None:
+                budget = (problem.budget[0].astype(float), float(problem.budget[1]))
+                more = self._samples(penalised_bqm(h, J, problem.groups, strength, budget), problem, **kwargs)
+                Y = np.concatenate([Y, more])
+            feasible_fraction = float(problem.holds(Y).mean())
+            Y = moves.descend(moves.repair(Y))
+            Y = moves.low_states(Y, top_k)
         return make_sampleset(
             problem,
             problem.expand(Y),
@@ -185,6 +146,10 @@ class _DwaveSolver:
             feasible_fraction=feasible_fraction,
         )
 
+    def _samples(self, bqm: dimod.BinaryQuadraticModel, problem: Problem, **kwargs: Any) -> np.ndarray:
+        raw = self._run(bqm, problem, **kwargs)
+        return raw.record.sample[:, np.argsort(list(raw.variables))].astype(np.int8)
+
 
 class TabuSolver(_DwaveSolver):
     """dwave-samplers TabuSampler, deterministic: no timeout, bounded restarts, fixed seed."""
@@ -193,15 +158,12 @@ class TabuSolver(_DwaveSolver):
     options = ("seed", "num_reads", "num_restarts", "tenure", "penalty", "lower_bound_z")
     defaults = {"seed": 0, "num_reads": 16, "num_restarts": 10, "timeout": None, "lower_bound_z": 20_000}
 
-    def _run(self, bqm: dimod.BinaryQuadraticModel, k: int, **kwargs: Any) -> dimod.SampleSet:
+    def _run(self, bqm: dimod.BinaryQuadraticModel, problem: Problem, **kwargs: Any) -> dimod.SampleSet:
         from dwave.samplers import TabuSampler
 
-        # each read starts from a random configuration that removes exactly k blocks
-        n, reads = bqm.num_variables, kwargs["num_reads"]
-        order = np.argsort(np.random.default_rng(kwargs["seed"]).random((reads, n)), axis=1)
-        starts = np.zeros((reads, n), dtype=np.int8)
-        np.put_along_axis(starts, order[:, :k], 1, axis=1)
-        return TabuSampler().sample(bqm, initial_states=(starts, list(range(n))), **kwargs)
+        # each read starts from a random configuration that meets the counts
+        starts = random_starts(problem, kwargs["num_reads"], kwargs["seed"])
+        return TabuSampler().sample(bqm, initial_states=(starts, list(range(bqm.num_variables))), **kwargs)
 
 
 class SimulatedAnnealingSolver(_DwaveSolver):
@@ -212,7 +174,7 @@ class SimulatedAnnealingSolver(_DwaveSolver):
     defaults = {"seed": 0, "num_reads": 32, "num_sweeps": 1000}
     penalty_start = 1 / 32  # a strong penalty freezes the annealer; a weak one is repaired
 
-    def _run(self, bqm: dimod.BinaryQuadraticModel, k: int, **kwargs: Any) -> dimod.SampleSet:
+    def _run(self, bqm: dimod.BinaryQuadraticModel, problem: Problem, **kwargs: Any) -> dimod.SampleSet:
         from dwave.samplers import SimulatedAnnealingSampler
 
         return SimulatedAnnealingSampler().sample(bqm, **kwargs)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 import dimod
@@ -68,21 +68,26 @@ def make_sampleset(
 
 def solve(
     energy: EnergyModel,
-    remove: int,
+    remove: int | Mapping[str, int] | None = None,
     solver: str = "auto",
     top_k: int = 10,
     *,
+    min_params: int | None = None,
     protect: Iterable[str] = (),
     force: Iterable[str] = (),
     **options: Any,
 ) -> dimod.SampleSet:
-    """Build the problem and sample it with the named registered solver."""
+    """Build the problem and sample it with the named registered solver.
+
+    ``remove``: a block count or counts per kind (``{"attn": 2, "mlp": 3}``); ``min_params``: the
+    removed blocks must hold at least this many parameters (see :func:`build_problem`).
+    """
     from .. import plugins
 
     registry = plugins.solvers()
     if solver not in registry:
         raise BlockPruneError(f"unknown solver {solver!r}; registered solvers: {', '.join(sorted(registry))}")
-    problem = build_problem(energy, remove, protect=protect, force=force)
+    problem = build_problem(energy, remove, min_params=min_params, protect=protect, force=force)
     return registry[solver].sample(problem, top_k=check_top_k(top_k), **options)
 
 
