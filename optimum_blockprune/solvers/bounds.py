@@ -35,6 +35,8 @@ class Bounder:
         time_limit: float = 5.0,
         max_iter: int = 3000,
     ) -> None:
+        """``target``: the search's current K-th best energy (the relaxation stops early once its
+        bound is close enough to it to matter little)."""
         self.search = s = search
         n = s.n
         self.open = open_ = np.flatnonzero(lo < hi)
@@ -57,7 +59,18 @@ class Bounder:
             state = {
                 k: (v[np.ix_(sel, sel)] if isinstance(v, np.ndarray) else v) for k, v in warm.state.items()
             }
-        ref = dnn(h_o, J_o, groups, trace=trace, time_limit=time_limit, max_iter=max_iter, warm=state)
+        fixed_energy = float(s.h[ones].sum() + s.J[np.ix_(ones, ones)].sum())
+        target = s.pool.threshold - fixed_energy - s.offset
+        ref = dnn(
+            h_o,
+            J_o,
+            groups,
+            trace=trace,
+            time_limit=time_limit,
+            max_iter=max_iter,
+            warm=state,
+            target=target if np.isfinite(target) else None,
+        )
         self.state = ref.state
         self.iterations, self.seconds = ref.iterations, ref.seconds
         self.G = np.zeros((n, n))
@@ -67,7 +80,6 @@ class Bounder:
         self.pair = np.zeros((n, n))
         self.pair[np.ix_(open_, open_)] = ref.pair
         self.has_pairs = bool(ref.pair.max(initial=0.0) > 0)
-        fixed_energy = float(s.h[ones].sum() + s.J[np.ix_(ones, ones)].sum())
         self.const = ref.const + fixed_energy + s.offset
         self.sdp_bound = ref.bound + fixed_energy + s.offset
         self.qp = NodeQP(self.G, g, s.group, s.counts)

@@ -110,11 +110,14 @@ def dnn(
     stall: float = 1e-4,
     trace: float | None = None,
     warm: dict | None = None,
+    target: float | None = None,
 ) -> Reformulation:
     """Solve the DNN relaxation approximately (groups: positions and counts) and return the
     reformulation of the best dual point seen. ``trace`` bounds ``1 + Σ y_i`` (default ``1 + n``).
     Stops at ``tol`` relative duality gap, after ``max_iter`` iterations or ``time_limit`` seconds,
-    or when the bound has improved by less than ``stall`` (relative) over 200 iterations."""
+    or when the bound has improved by less than ``stall`` (relative) over 200 iterations; with a
+    ``target`` (the energy the bound should reach, e.g. the K-th best found), also when it reaches
+    it or improved by less than 1% of the distance to it over 200 iterations."""
     started = time.perf_counter()
     n = len(h)
     d = n + 1
@@ -154,7 +157,11 @@ def dnn(
             history.append(best[0])
             objective = float(np.sum(Cs * X))
             gap = abs(objective - value) / (1e-12 + abs(objective) + abs(value))
-            stalled = len(history) > 20 and history[-1] - history[-21] <= stall * (1e-12 + abs(history[-1]))
+            step = history[-1] - history[-21] if len(history) > 20 else np.inf
+            stalled = step <= stall * (1e-12 + abs(history[-1]))
+            if target is not None:
+                distance = target / scale - history[-1]
+                stalled = stalled or distance <= 0 or step <= 0.01 * distance
             if (gap < tol and primal < tol) or stalled or time.perf_counter() - started > time_limit:
                 break
             if it % 20 == 0:
