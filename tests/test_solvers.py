@@ -17,7 +17,7 @@ from optimum_blockprune.solvers import exhaustive, solution_names, solve
 from optimum_blockprune.solvers.dwave import TabuSolver
 from optimum_blockprune.solvers.exhaustive import ExhaustiveSolver
 
-SOLVERS = ("exhaustive", "tabu", "sa", "auto")
+SOLVERS = ("exhaustive", "bnb", "tabu", "sa", "auto")
 
 
 def names(n: int) -> list[str]:
@@ -132,6 +132,8 @@ def test_every_solver_honours_the_contract(solver) -> None:
     assert result.first.energy == pytest.approx(best[0])
     if solver == "auto":
         assert result.info["used"] == "exhaustive" and result.info["optimal"] is True
+    if solver == "bnb":
+        assert result.info["optimal"] is True and result.info["lower_bound"] == pytest.approx(best[0])
     if solver in ("tabu", "sa"):
         assert result.info["optimal"] is False and result.info["lower_bound"] is None
 
@@ -184,13 +186,15 @@ def test_heuristics_repair_a_weak_penalty_and_are_deterministic() -> None:
         np.testing.assert_array_equal(first.record.sample, second.record.sample)
 
 
-def test_auto_switches_to_tabu_above_the_threshold() -> None:
-    energy = psd_energy(14, np.random.default_rng(4))
-    small = solve(energy, 4)
-    large = solve(energy, 4, threshold=100, seed=1)
+def test_auto_switches_to_branch_and_bound_above_the_threshold() -> None:
+    energy = psd_energy(20, np.random.default_rng(4))
+    small = solve(energy, 5)
+    large = solve(energy, 5, threshold=100, seed=1)
     assert (small.info["used"], small.info["optimal"]) == ("exhaustive", True)
-    assert (large.info["used"], large.info["optimal"]) == ("tabu", False)
-    assert large.first.energy == pytest.approx(small.first.energy)
+    assert (large.info["used"], large.info["optimal"]) == ("bnb", True)
+    np.testing.assert_array_equal(large.record.sample, small.record.sample)
+    cut = solve(energy, 5, threshold=100, node_limit=1)  # stopped early: tabu's incumbents, a bound
+    assert cut.info["used"] == "bnb" and cut.info["lower_bound"] <= cut.first.energy + 1e-12
 
 
 def test_exhaustive_timing_n30_m8() -> None:
@@ -217,7 +221,7 @@ def test_exhaustive_refuses_too_many_configurations() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"solver": "gurobi"}, "unknown solver 'gurobi'; registered solvers: auto, exhaustive, sa, tabu"),
+        ({"solver": "gurobi"}, "unknown solver 'gurobi'; registered solvers: auto, bnb, "),
         ({"solver": "tabu", "sweeps": 3}, "solver 'tabu' does not accept option(s) sweeps; accepted: "),
         ({"solver": "exhaustive", "top_k": 0}, "top_k must be a positive whole number; got 0"),
         ({"solver": "sa", "top_k": 2.5}, "top_k must be a positive whole number"),
@@ -296,7 +300,7 @@ def test_exhaustive_top_k_equals_brute_force_for_every_constraint_kind(request_,
     np.testing.assert_allclose(result.record.energy, [e for e, _ in expected], rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("solver", ["tabu", "sa", "auto"])
+@pytest.mark.parametrize("solver", ["bnb", "tabu", "sa", "auto"])
 @pytest.mark.parametrize(("request_", "protect", "force"), GENERAL_REQUESTS)
 def test_every_solver_returns_feasible_rows_for_every_constraint_kind(
     solver, request_, protect, force
