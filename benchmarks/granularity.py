@@ -107,11 +107,15 @@ def main() -> None:
             )
             print(rows[-1], flush=True)
             print("    removed:", " ".join(selection.removed), flush=True)
+            write(args.out, results)  # after every run, so a long run keeps what it measured
     print("\n".join(rows))
-    out = Path(args.out)
+    print(f"written to {args.out}")
+
+
+def write(path: str, results: dict) -> None:
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written to {out}")
 
 
 if __name__ == "__main__":
