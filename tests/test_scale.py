@@ -172,6 +172,28 @@ def test_bfloat16_weights_give_finite_float64_gate_gradients(tiny_model_dir, tex
     assert all(p.dtype == torch.bfloat16 and p.grad is None and p.requires_grad for p in params)
 
 
+@pytest.mark.parametrize("pack", [True, False])
+def test_lm_head_in_chunks_gives_the_full_logits_loss_and_gradients(tokenizer, corpus, monkeypatch, pack):
+    from conftest import tiny_model
+
+    from optimum_blockprune import chunked_loss
+    from optimum_blockprune.adapters.llama import LlamaAdapter
+    from optimum_blockprune.calibration import build_calibration
+    from optimum_blockprune.gradients import gate_gradients
+
+    model, adapter = tiny_model("llama", 4), LlamaAdapter()
+    blocks = adapter.blocks(model)
+    texts = [t * (1 + i % 3) for i, t in enumerate(corpus[:8])]  # padding when unpacked
+    data = build_calibration(tokenizer, texts, num_samples=4, seq_len=24, pack=pack)
+    monkeypatch.setitem(chunked_loss.CHUNK_ELEMENTS, "cpu", 2 * 5 * 300)  # 5 positions of 2 samples
+    A, losses = gate_gradients(model, adapter, blocks, data, batch_size=2)
+    monkeypatch.setattr(chunked_loss, "_last_hidden", lambda *args: None)  # the plain full-logits loss
+    A_full, losses_full = gate_gradients(model, adapter, blocks, data, batch_size=2)
+    assert np.abs(A).max() > 1e-3
+    np.testing.assert_allclose(A, A_full, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(losses, losses_full, rtol=1e-6)
+
+
 @pytest.mark.parametrize("per_sample", [True, False])
 def test_gate_gradients_are_summed_in_float32_under_bfloat16_activations(per_sample):
     from optimum_blockprune.gates import _scaled
