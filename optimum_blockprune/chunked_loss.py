@@ -19,9 +19,9 @@ from .adapters.base import Adapter
 from .scoring import per_sample_loss, token_losses
 
 #: Logit elements per chunk: 16 MB in float32 on CPU (small enough for the allocator to reuse),
-#: 1 GB on accelerators (large enough to keep them busy).
+#: 256 MB on accelerators (large enough to keep them busy).
 CHUNK_ELEMENTS = {"cpu": 2**22}
-DEFAULT_CHUNK_ELEMENTS = 2**28
+DEFAULT_CHUNK_ELEMENTS = 2**26
 
 
 def loss_and_backward(

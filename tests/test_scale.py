@@ -243,3 +243,20 @@ def test_placement_mistakes_give_one_line_errors(tiny_model_dir):
     if not torch.cuda.is_available():
         with pytest.raises(BlockPruneError, match="needs CUDA"):
             BlockPruner.from_pretrained(tiny_model_dir, device_map="cuda:0")
+
+
+def test_each_launched_process_gets_its_own_share_of_the_gpus():
+    from optimum_blockprune.loading import parse_max_memory, rank_max_memory
+
+    node = {**{g: 80 * 2**30 for g in range(8)}, "cpu": 1000 * 2**30}
+    assert rank_max_memory(1, 4, available=node) == {2: 80 * 2**30, 3: 80 * 2**30, "cpu": 250 * 2**30}
+    asked = parse_max_memory("0=70GiB, 1=72GiB,cpu=100GiB")
+    assert asked == {0: "70GiB", 1: "72GiB", "cpu": "100GiB"}
+    assert rank_max_memory(3, 4, asked, node) == {6: "70GiB", 7: "72GiB", "cpu": "100GiB"}
+    assert rank_max_memory(0, 1, asked, node) == asked  # one process: the numbers are the node's
+    with pytest.raises(BlockPruneError, match="count within each process's share"):
+        rank_max_memory(0, 4, {2: "70GiB"}, node)
+    with pytest.raises(BlockPruneError, match="at most 8"):
+        rank_max_memory(0, 16, None, node)
+    with pytest.raises(BlockPruneError, match="DEVICE=AMOUNT"):
+        parse_max_memory("0:70GiB")
