@@ -133,6 +133,32 @@ def _memory_peak(device) -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+def _saved_bytes_per_token(pruner, blocks, data) -> float:
+    """Bytes the autograd graph keeps for the backward pass per token (without checkpointing),
+    counted on one sample, excluding the frozen weights: what scales with the batch."""
+    import torch
+
+    from optimum_blockprune.chunked_loss import last_hidden
+    from optimum_blockprune.gates import Gates
+
+    weights = {p.untyped_storage().data_ptr() for p in pruner.model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    device = next(pruner.model.parameters()).device
+    ids, mask = data.input_ids[:1].to(device), data.attention_mask[:1].to(device)
+    with Gates(pruner.model, pruner.adapter, blocks) as gates:
+        gates.values = torch.ones(1, len(blocks), device=device, requires_grad=True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            last_hidden(pruner.model, pruner.adapter, ids, mask)
+    return sum(saved.values()) / ids.shape[1]
+
+
 def worker(args: argparse.Namespace) -> None:
     import torch
 
@@ -153,6 +179,7 @@ def worker(args: argparse.Namespace) -> None:
     # first-call set-up (and paging in the weights) is not timed
     warm = CalibrationData(data.input_ids[:1], data.attention_mask[:1])
     gate_gradients(pruner.model, pruner.adapter, blocks, warm, 1, processes=Processes())
+    saved_per_token = _saved_bytes_per_token(pruner, blocks, data)
     _release_free_memory()
     before = _memory_now(device)
     _reset_peak(device)
@@ -177,6 +204,7 @@ def worker(args: argparse.Namespace) -> None:
             "tokens": data.num_tokens,
             "threads_per_process": torch.get_num_threads(),
             "memory": memory,
+            "saved_for_backward_mb_per_token": saved_per_token / 2**20,
             "A": A.tolist(),
         }
         Path(args.result).write_text(json.dumps(result))
@@ -235,6 +263,7 @@ def run_config(
         "threads_per_process": out["threads_per_process"],
         "peak_mb_per_process": round(max(peaks) / 2**20, 1),
         "analysis_mb_per_process": round(max(deltas) / 2**20, 1),
+        "saved_for_backward_mb_per_token": round(out["saved_for_backward_mb_per_token"], 4),
         "A": out["A"],
     }
 
@@ -294,6 +323,10 @@ def main() -> None:
             flush=True,
         )
     total = time.perf_counter() - t_start
+    saved = rows[0]["saved_for_backward_mb_per_token"]
+    print(
+        f"kept for the backward pass (autograd's saved tensors, no checkpointing): {saved:.3f} MB per token"
+    )
     print(f"total {total / 60:.1f} min; load average {[round(x, 2) for x in os.getloadavg()]}")
     out = {
         "benchmark": "analysis",

@@ -29,7 +29,7 @@ def loss_and_backward(
 ) -> torch.Tensor:
     """Run the batch forward and backward (gradients land in whatever requires grad, e.g. gates);
     return the detached per-sample mean next-token losses, shape [batch]."""
-    hidden = _last_hidden(model, adapter, input_ids, attention_mask)
+    hidden = last_hidden(model, adapter, input_ids, attention_mask)
     if hidden is None:  # the model cannot skip its LM head: plain loss over full logits
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
         loss = per_sample_loss(logits, input_ids.to(logits.device), attention_mask.to(logits.device))
@@ -59,7 +59,7 @@ def loss_and_backward(
     return total
 
 
-def _last_hidden(
+def last_hidden(
     model: nn.Module, adapter: Adapter, input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> torch.Tensor | None:
     """The input of the final norm (the last decoder layer's output), with its graph, computed

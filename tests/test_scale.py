@@ -187,7 +187,7 @@ def test_lm_head_in_chunks_gives_the_full_logits_loss_and_gradients(tokenizer, c
     data = build_calibration(tokenizer, texts, num_samples=4, seq_len=24, pack=pack)
     monkeypatch.setitem(chunked_loss.CHUNK_ELEMENTS, "cpu", 2 * 5 * 300)  # 5 positions of 2 samples
     A, losses = gate_gradients(model, adapter, blocks, data, batch_size=2)
-    monkeypatch.setattr(chunked_loss, "_last_hidden", lambda *args: None)  # the plain full-logits loss
+    monkeypatch.setattr(chunked_loss, "last_hidden", lambda *args: None)  # the plain full-logits loss
     A_full, losses_full = gate_gradients(model, adapter, blocks, data, batch_size=2)
     assert np.abs(A).max() > 1e-3
     np.testing.assert_allclose(A, A_full, rtol=1e-5, atol=1e-7)
