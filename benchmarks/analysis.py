@@ -64,6 +64,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-checkpointing-run", action="store_true", help="skip the gradient-checkpointing run"
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per process (default: 1 on CPU, where a shared machine makes more threads "
+        "wait on each other; torch's choice on GPU)",
+    )
     parser.add_argument("--output", default=str(HERE / "results" / "analysis.json"))
     # one configuration, in a fresh process (internal)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -82,6 +89,23 @@ def _memory_now(device) -> int:
     if device.type == "cuda":
         return torch.cuda.memory_allocated(device)
     return psutil.Process().memory_info().rss
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _release_free_memory() -> None:
+    """Give freed memory back to the OS, so the analysis cannot reuse it without being measured."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _reset_peak(device) -> None:
@@ -109,6 +133,32 @@ def _memory_peak(device) -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+def _saved_bytes_per_token(pruner, blocks, data) -> float:
+    """Bytes the autograd graph keeps for the backward pass per token (without checkpointing),
+    counted on one sample, excluding the frozen weights: what scales with the batch."""
+    import torch
+
+    from optimum_blockprune.chunked_loss import last_hidden
+    from optimum_blockprune.gates import Gates
+
+    weights = {p.untyped_storage().data_ptr() for p in pruner.model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    device = next(pruner.model.parameters()).device
+    ids, mask = data.input_ids[:1].to(device), data.attention_mask[:1].to(device)
+    with Gates(pruner.model, pruner.adapter, blocks) as gates:
+        gates.values = torch.ones(1, len(blocks), device=device, requires_grad=True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            last_hidden(pruner.model, pruner.adapter, ids, mask)
+    return sum(saved.values()) / ids.shape[1]
+
+
 def worker(args: argparse.Namespace) -> None:
     import torch
 
@@ -118,18 +168,23 @@ def worker(args: argparse.Namespace) -> None:
     from optimum_blockprune.gradients import gate_gradients
     from optimum_blockprune.pruner import BlockPruner
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     processes = Processes.current()
     device = processes.device if processes.world > 1 else torch.device(args.device)
     pruner = BlockPruner.from_pretrained(args.model, dtype=getattr(torch, args.dtype))
     pruner.model.to(device)
     data = pruner.calibration(BlockPruneConfig(remove=1, num_samples=args.num_samples, seq_len=args.seq_len))
     blocks = pruner.blocks()
-    warm = CalibrationData(data.input_ids[:1], data.attention_mask[:1])  # first-call set-up, not timed
+    # first-call set-up (and paging in the weights) is not timed
+    warm = CalibrationData(data.input_ids[:1], data.attention_mask[:1])
     gate_gradients(pruner.model, pruner.adapter, blocks, warm, 1, processes=Processes())
+    saved_per_token = _saved_bytes_per_token(pruner, blocks, data)
+    _release_free_memory()
     before = _memory_now(device)
     _reset_peak(device)
     processes.barrier()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu_seconds()
     A, _ = gate_gradients(
         pruner.model,
         pruner.adapter,
@@ -141,14 +196,15 @@ def worker(args: argparse.Namespace) -> None:
     )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - t0
-    memory = processes.gather({"peak": _memory_peak(device), "before": before})
+    seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
+    memory = processes.gather({"peak": _memory_peak(device), "before": before, "cpu_seconds": cpu})
     if processes.is_main:
         result = {
             "seconds": seconds,
             "tokens": data.num_tokens,
             "threads_per_process": torch.get_num_threads(),
             "memory": memory,
+            "saved_for_backward_mb_per_token": saved_per_token / 2**20,
             "A": A.tolist(),
         }
         Path(args.result).write_text(json.dumps(result))
@@ -178,6 +234,7 @@ def run_config(
         cmd += ["--device", args.device, "--dtype", args.dtype, "--num-samples", str(args.num_samples)]
         cmd += ["--result", str(result)] + (["--model", args.model] if args.model else [])
         cmd += ["--checkpointing"] if checkpointing else []
+        cmd += ["--threads", str(args.threads)] if args.threads else []
         if processes == 1:
             cmd = [sys.executable, *cmd]
         else:
@@ -202,15 +259,19 @@ def run_config(
         "tokens": out["tokens"],
         "seconds": round(out["seconds"], 3),
         "tokens_per_second": round(out["tokens"] / out["seconds"], 2),
+        "tokens_per_cpu_second": round(out["tokens"] / sum(m["cpu_seconds"] for m in out["memory"]), 2),
         "threads_per_process": out["threads_per_process"],
         "peak_mb_per_process": round(max(peaks) / 2**20, 1),
         "analysis_mb_per_process": round(max(deltas) / 2**20, 1),
+        "saved_for_backward_mb_per_token": round(out["saved_for_backward_mb_per_token"], 4),
         "A": out["A"],
     }
 
 
 def main() -> None:
     args = parse_args()
+    if args.threads is None and args.device == "cpu":
+        args.threads = 1
     if args.worker:
         worker(args)
         return
@@ -230,32 +291,42 @@ def main() -> None:
         configs = [c for c in configs if c[2] == 1]
     load = [round(x, 2) for x in os.getloadavg()]
     print(
-        f"{len(configs)} configurations, {args.num_samples} samples each, {args.device} {args.dtype}; load {load}"
+        f"{len(configs)} configurations, {args.num_samples} samples each, {args.device} {args.dtype}, "
+        f"threads per process: {args.threads or 'default'}; load average {load}"
     )
     print(
-        "| processes | batch | seq | checkpointing | tokens/s | vs batch-1 loop | peak MB | analysis MB | max abs(A - A batch-1) |"
+        "| processes x threads | batch | seq | checkpointing | tokens/s | vs batch-1 loop | tokens/CPU-s "
+        "| vs batch-1 loop | analysis MB | MB/token | peak MB | max abs(A - A batch-1) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows, baseline = [], {}
     t_start = time.perf_counter()
     for batch, seq_len, processes, checkpointing in configs:
         row = run_config(args, batch, seq_len, processes, checkpointing)
         A = np.asarray(row.pop("A"))
         if batch == 1 and processes == 1 and not checkpointing:
-            baseline[seq_len] = (row["tokens_per_second"], A)
-        base_tps, base_A = baseline.get(seq_len, (None, None))
-        row["speedup_vs_batch1_loop"] = round(row["tokens_per_second"] / base_tps, 2) if base_tps else None
+            baseline[seq_len] = row, A
+        base, base_A = baseline.get(seq_len, (None, None))
+        for key, name in (("tokens_per_second", "speedup"), ("tokens_per_cpu_second", "cpu_efficiency")):
+            row[f"{name}_vs_batch1_loop"] = round(row[key] / base[key], 2) if base else None
+        row["analysis_mb_per_token"] = round(row["analysis_mb_per_process"] / (batch * seq_len), 3)
         row["max_abs_diff_A_vs_batch1"] = float(np.abs(A - base_A).max()) if base_A is not None else None
         row["max_abs_A"] = float(np.abs(A).max())
         rows.append(row)
         print(
-            f"| {processes} | {batch} | {seq_len} | {'yes' if checkpointing else 'no'} "
-            f"| {row['tokens_per_second']:.1f} | {row['speedup_vs_batch1_loop']}x "
-            f"| {row['peak_mb_per_process']:.0f} | {row['analysis_mb_per_process']:.0f} "
+            f"| {processes} x {row['threads_per_process']} | {batch} | {seq_len} "
+            f"| {'yes' if checkpointing else 'no'} | {row['tokens_per_second']:.1f} "
+            f"| {row['speedup_vs_batch1_loop']}x | {row['tokens_per_cpu_second']:.1f} "
+            f"| {row['cpu_efficiency_vs_batch1_loop']}x | {row['analysis_mb_per_process']:.0f} "
+            f"| {row['analysis_mb_per_token']:.2f} | {row['peak_mb_per_process']:.0f} "
             f"| {row['max_abs_diff_A_vs_batch1']:.1e} |",
             flush=True,
         )
     total = time.perf_counter() - t_start
+    saved = rows[0]["saved_for_backward_mb_per_token"]
+    print(
+        f"kept for the backward pass (autograd's saved tensors, no checkpointing): {saved:.3f} MB per token"
+    )
     print(f"total {total / 60:.1f} min; load average {[round(x, 2) for x in os.getloadavg()]}")
     out = {
         "benchmark": "analysis",
@@ -263,6 +334,7 @@ def main() -> None:
         "device": args.device,
         "dtype": args.dtype,
         "num_samples": args.num_samples,
+        "threads_option": args.threads or "default",
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),

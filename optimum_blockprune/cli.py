@@ -131,7 +131,10 @@ def _add_scale_args(parser: ArgumentParser) -> None:
         help="'auto' splits the model over GPUs, CPU and disk; or a device such as cuda:0 (default: CPU)",
     )
     group.add_argument(
-        "--max-memory", default=None, help="per device limits, e.g. 0=70GiB,1=70GiB,cpu=200GiB"
+        "--max-memory",
+        default=None,
+        help="per device limits, e.g. 0=70GiB,1=70GiB,cpu=200GiB (under accelerate launch with "
+        "--device-map auto, GPU numbers count within each process's share of the GPUs)",
     )
     group.add_argument("--offload-folder", default=None, help="folder for layers offloaded to disk")
     group.add_argument(
@@ -239,8 +242,8 @@ class AnalyzeCommand(_Leaf):
         max_memory = parse_max_memory(args.max_memory) if args.max_memory else None
         if processes.world > 1 and device_map is None and processes.device.type != "cpu":
             device_map = {"": str(processes.device)}  # data parallel: one whole model per process
-        elif processes.world > 1 and device_map == "auto" and max_memory is None:
-            max_memory = rank_max_memory(processes.local_rank, processes.local_world)
+        elif processes.world > 1 and device_map == "auto":  # each process its own GPUs
+            max_memory = rank_max_memory(processes.local_rank, processes.local_world, max_memory)
         pruner = BlockPruner.from_pretrained(
             args.model,
             adapter=args.adapter,

@@ -23,11 +23,11 @@ from tqdm.auto import tqdm
 from .adapters.base import Adapter
 from .blocks import Block
 from .calibration import CalibrationData
+from .chunked_loss import loss_and_backward
 from .distributed import Processes
 from .errors import BlockPruneError
 from .gates import Gates
 from .resume import PartialRows, sha256
-from .scoring import per_sample_loss
 
 
 def gate_gradients(
@@ -49,7 +49,8 @@ def gate_gradients(
     One forward and one backward pass per batch: each sample has its own gate vector, so the
     gradient of the summed per-sample losses w.r.t. the [batch, blocks] gate matrix holds every
     sample's own gradient. Weights stay frozen: only the gates' gradients are ever stored.
-    ``removed`` block positions have their gates at 0.
+    ``removed`` block positions have their gates at 0. The LM head and loss run over chunks of
+    positions (``chunked_loss.py``), so a batch's full logits never exist at once.
 
     ``checkpoint``: a partial file (see ``resume.py``) updated after every batch; with ``resume``
     an existing one of the same analysis is continued. ``gradient_checkpointing``: keep only
@@ -91,7 +92,7 @@ def gate_gradients(
                 k = mine[processes.rank] if processes.rank < len(mine) else None
                 result = None
                 if k is not None:
-                    result = (k, *_batch_rows(model, gates, *batches[k], n, removed, device))
+                    result = (k, *_batch_rows(model, adapter, gates, *batches[k], n, removed, device))
                 for item in processes.gather(result):
                     if item is not None:
                         state.put(*item)
@@ -107,6 +108,7 @@ def gate_gradients(
 
 def _batch_rows(
     model: nn.Module,
+    adapter: Adapter,
     gates: Gates,
     ids: torch.Tensor,
     mask: torch.Tensor,
@@ -121,12 +123,10 @@ def _batch_rows(
     alpha.requires_grad_(True)
     gates.values = alpha
     try:
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-        loss = per_sample_loss(logits, ids.to(logits.device), mask.to(logits.device))
-        loss.sum().backward()
+        loss = loss_and_backward(model, adapter, ids, mask)
     finally:
         gates.values = None
-    return alpha.grad.double().cpu().numpy(), loss.detach().double().cpu().numpy()
+    return alpha.grad.double().cpu().numpy(), loss.double().cpu().numpy()
 
 
 def analysis_fingerprint(

@@ -110,21 +110,43 @@ def parse_max_memory(text: str) -> dict[int | str, str]:
     return out
 
 
-def rank_max_memory(local_rank: int, local_world: int) -> dict[int | str, int] | None:
+def rank_max_memory(
+    local_rank: int,
+    local_world: int,
+    requested: dict[int | str, Any] | None = None,
+    available: dict[int | str, int] | None = None,
+) -> dict[int | str, Any] | None:
     """For ``device_map="auto"`` under a data-parallel launch: this process's share of the node's
-    GPUs (``local_world`` processes each get ``gpus // local_world`` of them) and of CPU memory."""
-    from accelerate.utils import get_max_memory
+    GPUs (each of ``local_world`` processes gets ``gpus // local_world`` of them, in order).
 
-    gpus = torch.cuda.device_count()
-    if local_world <= 1 or gpus == 0:
-        return None
-    per = gpus // local_world
+    Without ``requested``: all of each GPU of the share and a ``1/local_world`` share of CPU
+    memory. With ``requested`` (``--max-memory``), GPU numbers count within the share: ``0`` is
+    this process's first GPU. ``available`` defaults to what accelerate measures.
+    """
+    if available is None:
+        from accelerate.utils import get_max_memory
+
+        available = get_max_memory() if torch.cuda.is_available() else {}
+    gpus = sorted(k for k in available if isinstance(k, int))
+    if local_world <= 1 or not gpus:
+        return requested
+    per = len(gpus) // local_world
     if per == 0:
         raise BlockPruneError(
-            f"{local_world} processes share {gpus} GPUs; launch at most {gpus} processes with --device-map auto"
+            f"{local_world} processes share {len(gpus)} GPUs; launch at most {len(gpus)} with --device-map auto"
         )
-    memory = get_max_memory()
-    mine = {g: memory[g] for g in range(local_rank * per, (local_rank + 1) * per)}
-    if "cpu" in memory:
-        mine["cpu"] = memory["cpu"] // local_world
+    share = gpus[local_rank * per : (local_rank + 1) * per]
+    if requested is None:
+        mine: dict[int | str, Any] = {g: available[g] for g in share}
+        if "cpu" in available:
+            mine["cpu"] = available["cpu"] // local_world
+        return mine
+    mine = {}
+    for device, amount in requested.items():
+        if isinstance(device, int) and device >= per:
+            raise BlockPruneError(
+                f"max memory names GPU {device}, but each of the {local_world} processes has {per} GPUs "
+                f"(0-{per - 1}); under accelerate launch GPU numbers count within each process's share"
+            )
+        mine[share[device] if isinstance(device, int) else device] = amount
     return mine

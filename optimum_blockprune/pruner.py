@@ -276,6 +276,11 @@ class BlockPruner:
         from .atomic import check_output_dir
         from .saving import save_pruned
 
+        if Processes.current().world > 1:  # every process would write the same folder
+            raise BlockPruneError(
+                "prune runs in one process; under accelerate launch run 'analyze' "
+                "(--energy fisher or taylor), then 'solve'"
+            )
         check_output_dir(save_dir, overwrite)
         t0 = time.perf_counter()
         params_before = count_params(self.model)

@@ -172,6 +172,28 @@ def test_bfloat16_weights_give_finite_float64_gate_gradients(tiny_model_dir, tex
     assert all(p.dtype == torch.bfloat16 and p.grad is None and p.requires_grad for p in params)
 
 
+@pytest.mark.parametrize("pack", [True, False])
+def test_lm_head_in_chunks_gives_the_full_logits_loss_and_gradients(tokenizer, corpus, monkeypatch, pack):
+    from conftest import tiny_model
+
+    from optimum_blockprune import chunked_loss
+    from optimum_blockprune.adapters.llama import LlamaAdapter
+    from optimum_blockprune.calibration import build_calibration
+    from optimum_blockprune.gradients import gate_gradients
+
+    model, adapter = tiny_model("llama", 4), LlamaAdapter()
+    blocks = adapter.blocks(model)
+    texts = [t * (1 + i % 3) for i, t in enumerate(corpus[:8])]  # padding when unpacked
+    data = build_calibration(tokenizer, texts, num_samples=4, seq_len=24, pack=pack)
+    monkeypatch.setitem(chunked_loss.CHUNK_ELEMENTS, "cpu", 2 * 5 * 300)  # 5 positions of 2 samples
+    A, losses = gate_gradients(model, adapter, blocks, data, batch_size=2)
+    monkeypatch.setattr(chunked_loss, "last_hidden", lambda *args: None)  # the plain full-logits loss
+    A_full, losses_full = gate_gradients(model, adapter, blocks, data, batch_size=2)
+    assert np.abs(A).max() > 1e-3
+    np.testing.assert_allclose(A, A_full, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(losses, losses_full, rtol=1e-6)
+
+
 @pytest.mark.parametrize("per_sample", [True, False])
 def test_gate_gradients_are_summed_in_float32_under_bfloat16_activations(per_sample):
     from optimum_blockprune.gates import _scaled
@@ -221,3 +243,20 @@ def test_placement_mistakes_give_one_line_errors(tiny_model_dir):
     if not torch.cuda.is_available():
         with pytest.raises(BlockPruneError, match="needs CUDA"):
             BlockPruner.from_pretrained(tiny_model_dir, device_map="cuda:0")
+
+
+def test_each_launched_process_gets_its_own_share_of_the_gpus():
+    from optimum_blockprune.loading import parse_max_memory, rank_max_memory
+
+    node = {**{g: 80 * 2**30 for g in range(8)}, "cpu": 1000 * 2**30}
+    assert rank_max_memory(1, 4, available=node) == {2: 80 * 2**30, 3: 80 * 2**30, "cpu": 250 * 2**30}
+    asked = parse_max_memory("0=70GiB, 1=72GiB,cpu=100GiB")
+    assert asked == {0: "70GiB", 1: "72GiB", "cpu": "100GiB"}
+    assert rank_max_memory(3, 4, asked, node) == {6: "70GiB", 7: "72GiB", "cpu": "100GiB"}
+    assert rank_max_memory(0, 1, asked, node) == asked  # one process: the numbers are the node's
+    with pytest.raises(BlockPruneError, match="count within each process's share"):
+        rank_max_memory(0, 4, {2: "70GiB"}, node)
+    with pytest.raises(BlockPruneError, match="at most 8"):
+        rank_max_memory(0, 16, None, node)
+    with pytest.raises(BlockPruneError, match="DEVICE=AMOUNT"):
+        parse_max_memory("0:70GiB")
