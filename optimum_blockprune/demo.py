@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
         "--heal-output", default="outputs/smollm2-135m-healed", help="where to save the healed model"
     )
     parser.add_argument(
-        "--heal-batch-size", type=int, default=8, help="blocks of 128 tokens per healing step"
+        "--heal-batch-size", type=int, default=4, help="blocks of 128 tokens per healing step (default: 4)"
     )
     args = parser.parse_args(argv)
 

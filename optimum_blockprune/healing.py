@@ -78,11 +78,16 @@ class HealingConfig(SFTConfig):
     def __post_init__(self) -> None:
         if self.bf16 is None:
             self.bf16 = (not self.fp16) and not self.use_cpu and _bf16_default()
-        if not 0.0 <= float(self.alpha) <= 1.0:
-            raise BlockPruneError(f"alpha must lie in [0, 1] (1 = cross-entropy only), got {self.alpha!r}")
-        if not float(self.temperature) > 0:
-            raise BlockPruneError(f"temperature must be positive, got {self.temperature!r}")
+        check_mix(self.alpha, self.temperature)
         super().__post_init__()
+
+
+def check_mix(alpha: float, temperature: float) -> None:
+    """Refuse an ``alpha`` outside [0, 1] or a non-positive ``temperature``."""
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise BlockPruneError(f"alpha must lie in [0, 1] (1 = cross-entropy only), got {alpha!r}")
+    if not float(temperature) > 0:
+        raise BlockPruneError(f"temperature must be positive, got {temperature!r}")
 
 
 # --------------------------------------------------------------------------------------------- trainer
@@ -109,8 +114,9 @@ class HealingTrainer(SFTTrainer):
             raise BlockPruneError(
                 "HealingTrainer needs a HealingConfig as args (it carries alpha and temperature)"
             )
+        teacher_tokenizer = None
         if teacher is not None and not isinstance(teacher, nn.Module):
-            teacher = load_teacher(teacher, teacher_dtype)
+            teacher, teacher_tokenizer = load_teacher(teacher, teacher_dtype)
         elif isinstance(teacher, nn.Module) and teacher_dtype is not None:
             teacher = teacher.to(_dtype(teacher_dtype))
         if teacher is None and args.alpha < 1:
@@ -119,7 +125,7 @@ class HealingTrainer(SFTTrainer):
                 "pass the unpruned model as teacher or set alpha=1"
             )
         if teacher is not None:
-            check_teacher(model, teacher, kwargs.get("processing_class"))
+            check_teacher(model, teacher, kwargs.get("processing_class"), teacher_tokenizer)
         super().__init__(model, args=args, **kwargs)
         self.alpha, self.temperature = float(args.alpha), float(args.temperature)
         self.teacher = None
@@ -160,17 +166,20 @@ def _dtype(value: torch.dtype | str | None) -> torch.dtype:
     return TEACHER_DTYPES[value]
 
 
-def load_teacher(path: str | Path, dtype: torch.dtype | str | None = None) -> nn.Module:
-    """Load the unpruned teacher from a folder, in ``dtype`` (default float32), in eval mode."""
+def load_teacher(path: str | Path, dtype: torch.dtype | str | None = None) -> tuple[nn.Module, Any]:
+    """(model, tokenizer) of the unpruned teacher folder, the model in ``dtype`` (default float32),
+    in eval mode without gradients."""
     from .loading import load_model_and_tokenizer
 
     teacher, tokenizer, _ = load_model_and_tokenizer(path, dtype=_dtype(dtype))
-    teacher._blockprune_tokenizer = tokenizer
-    return teacher.eval().requires_grad_(False)
+    return teacher.eval().requires_grad_(False), tokenizer
 
 
-def check_teacher(student: nn.Module, teacher: nn.Module, tokenizer: Any = None) -> None:
-    """Refuse a teacher whose vocabulary differs from the student's (logits must be comparable)."""
+def check_teacher(
+    student: nn.Module, teacher: nn.Module, tokenizer: Any = None, teacher_tokenizer: Any = None
+) -> None:
+    """Refuse a teacher whose vocabulary or tokenizer differs from the student's: their
+    next-token distributions must be over the same tokens."""
     s_vocab = student.get_output_embeddings().weight.shape[0]
     t_vocab = teacher.get_output_embeddings().weight.shape[0]
     if s_vocab != t_vocab:
@@ -178,8 +187,11 @@ def check_teacher(student: nn.Module, teacher: nn.Module, tokenizer: Any = None)
             f"the teacher has {t_vocab} output tokens but the model has {s_vocab}; "
             "distil only from the unpruned model with the same tokenizer"
         )
-    teacher_tok = getattr(teacher, "_blockprune_tokenizer", None)
-    if tokenizer is not None and teacher_tok is not None and teacher_tok.get_vocab() != tokenizer.get_vocab():
+    if (
+        tokenizer is not None
+        and teacher_tokenizer is not None
+        and teacher_tokenizer.get_vocab() != tokenizer.get_vocab()
+    ):
         raise BlockPruneError(
             "the teacher's tokenizer differs from the model's; distil only from the unpruned model "
             "with the same tokenizer"
@@ -255,7 +267,7 @@ def _read_pruning(path: Path) -> tuple[Any, dict[str, Any]]:
     from .config import BlockPruneConfig
     from .saving import REPORT_NAME
 
-    if not (path / BlockPruneConfig.CONFIG_NAME).is_file():
+    if not path.is_dir() or not (path / BlockPruneConfig.CONFIG_NAME).is_file():
         return None, {}
     config = BlockPruneConfig.from_pretrained(path)
     report_file = path / REPORT_NAME
@@ -309,61 +321,26 @@ def heal(
     checked before anything is written. ``known_perplexity`` may give the held-out perplexities
     ``before`` (the pruned model) and ``teacher`` already measured on the same held-out blocks.
     """
-    from .atomic import atomic_output_dir, check_output_dir, write_json_atomic
     from .calibration import load_texts
     from .callbacks import BlockPruneMetadataCallback
     from .loading import load_model_and_tokenizer
-    from .saving import REPORT_NAME, versions
 
     t_start = time.perf_counter()
     output = Path(output)
-    check_output_dir(output, overwrite)
-    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else output.with_name(output.name + "-checkpoints")
-    resume_from = None
-    if resume:
-        resume_from = last_complete_checkpoint(ckpt_dir)
-        if resume_from is None:
-            raise BlockPruneError(f"no complete checkpoint in {ckpt_dir} to resume from; drop --resume")
-    elif ckpt_dir.exists() and any(ckpt_dir.iterdir()) and not overwrite:
-        raise BlockPruneError(
-            f"checkpoint folder {ckpt_dir} holds an earlier run; pass --resume to continue it "
-            "or --overwrite to start over"
-        )
+    ckpt_dir, resume_from = _plan_checkpoints(output, checkpoint_dir, resume, overwrite)
     if max_steps < 1 or batch_size < 1 or seq_len < 2 or save_steps < 0:
         raise BlockPruneError("max_steps and batch_size must be >= 1, seq_len >= 2 and save_steps >= 0")
-    args_probe = HealingConfig(output_dir=str(ckpt_dir), alpha=alpha, temperature=temperature, use_cpu=True)
-    del args_probe  # validates alpha and temperature before any loading
-    texts = load_texts(data, "calibration", text_field)
-    if not [t for t in texts if t and t.strip()]:
+    check_mix(alpha, temperature)
+    texts = [t for t in load_texts(data, "calibration", text_field) if t and t.strip()]
+    if not texts:
         raise BlockPruneError(f"healing data {data!r} is empty; give a file or dataset with text in it")
-
     student, tokenizer, model_id = load_model_and_tokenizer(model)
-    model_path = Path(model_id)
-    prune_config, prune_report = _read_pruning(model_path) if model_path.is_dir() else (None, {})
-    teacher_model = None
-    teacher_id = None
+    prune_config, prune_report = _read_pruning(Path(model_id))
+    teacher_model, teacher_id = None, None
     if alpha < 1:
-        if prune_config is None:
-            raise BlockPruneError(
-                f"{model_id} was not pruned by optimum-blockprune (no blockprune_config.json), so distillation "
-                "has no known teacher; heal a folder written by 'blockprune prune' or use --alpha 1"
-            )
-        teacher_id = str(teacher) if teacher is not None else prune_report.get("model_id")
-        if not teacher_id or not Path(teacher_id).is_dir():
-            raise BlockPruneError(
-                f"the unpruned model of {model_id} ({teacher_id or 'unknown'}) is not a folder here; "
-                "pass it with --teacher"
-            )
-        teacher_model, teacher_tok, _ = load_model_and_tokenizer(teacher_id, dtype=_dtype(teacher_dtype))
-        teacher_model._blockprune_tokenizer = teacher_tok
-        check_teacher(student, teacher_model, tokenizer)
-        removed = len(prune_config.removed_blocks or [])
-        n_student, n_teacher = student.config.num_hidden_layers, teacher_model.config.num_hidden_layers
-        if removed and n_teacher != n_student + removed:
-            raise BlockPruneError(
-                f"the teacher has {n_teacher} layers but {model_id} was pruned from a {n_student + removed}-layer "
-                "model; pass its unpruned model with --teacher"
-            )
+        teacher_model, teacher_id = _resolve_teacher(
+            student, tokenizer, model_id, prune_config, prune_report, teacher, teacher_dtype
+        )
 
     full = lora_r is None
     lr = learning_rate if learning_rate is not None else (1e-4 if full else 1e-3)
@@ -443,15 +420,79 @@ def heal(
     report = {**prune_report, "healing": healing}
     if not prune_report:
         report["model_id"] = model_id
+    _save_healed(output, overwrite, healed, tokenizer, prune_config, report)
+    if not keep_checkpoints:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return HealResult(output.resolve(), report)
+
+
+def _plan_checkpoints(
+    output: Path, checkpoint_dir: str | Path | None, resume: bool, overwrite: bool
+) -> tuple[Path, Path | None]:
+    """(checkpoint folder, checkpoint to resume from); refuses what would lose or mix runs."""
+    from .atomic import check_output_dir
+
+    check_output_dir(output, overwrite)
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else output.with_name(output.name + "-checkpoints")
+    if resume:
+        resume_from = last_complete_checkpoint(ckpt_dir)
+        if resume_from is None:
+            raise BlockPruneError(f"no complete checkpoint in {ckpt_dir} to resume from; drop --resume")
+        return ckpt_dir, resume_from
+    if ckpt_dir.exists() and any(ckpt_dir.iterdir()) and not overwrite:
+        raise BlockPruneError(
+            f"checkpoint folder {ckpt_dir} holds an earlier run; pass --resume to continue it "
+            "or --overwrite to start over"
+        )
+    return ckpt_dir, None
+
+
+def _resolve_teacher(
+    student: nn.Module,
+    tokenizer: Any,
+    model_id: str,
+    prune_config: Any,
+    prune_report: dict[str, Any],
+    teacher: str | Path | None,
+    teacher_dtype: str,
+) -> tuple[nn.Module, str]:
+    """Load and check the teacher of a pruned model: ``teacher`` or the model it was pruned from."""
+    if prune_config is None:
+        raise BlockPruneError(
+            f"{model_id} was not pruned by optimum-blockprune (no blockprune_config.json), so distillation "
+            "has no known teacher; heal a folder written by 'blockprune prune' or use --alpha 1"
+        )
+    teacher_id = str(teacher) if teacher is not None else prune_report.get("model_id")
+    if not teacher_id or not Path(teacher_id).is_dir():
+        raise BlockPruneError(
+            f"the unpruned model of {model_id} ({teacher_id or 'unknown'}) is not a folder here; "
+            "pass it with --teacher"
+        )
+    teacher_model, teacher_tokenizer = load_teacher(teacher_id, teacher_dtype)
+    check_teacher(student, teacher_model, tokenizer, teacher_tokenizer)
+    removed = len(prune_config.removed_blocks or [])
+    n_student, n_teacher = student.config.num_hidden_layers, teacher_model.config.num_hidden_layers
+    if removed and n_teacher != n_student + removed:
+        raise BlockPruneError(
+            f"the teacher has {n_teacher} layers but {model_id} was pruned from a {n_student + removed}-layer "
+            "model; pass its unpruned model with --teacher"
+        )
+    return teacher_model, teacher_id
+
+
+def _save_healed(
+    output: Path, overwrite: bool, model: nn.Module, tokenizer: Any, prune_config: Any, report: dict
+) -> None:
+    """Write the healed model like a pruned model of this project, atomically."""
+    from .atomic import atomic_output_dir, write_json_atomic
+    from .saving import REPORT_NAME, versions
+
     with atomic_output_dir(output, overwrite) as tmp:
-        healed.save_pretrained(tmp)
+        model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if prune_config is not None:
             prune_config.save_pretrained(tmp)
         write_json_atomic(tmp / REPORT_NAME, {**report, "versions": {**versions(), **_heal_versions()}})
-    if not keep_checkpoints:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return HealResult(output.resolve(), report)
 
 
 def _heal_versions() -> dict[str, str]:
