@@ -60,8 +60,9 @@ def _bf16_default() -> bool:
 
 @dataclass
 class HealingConfig(SFTConfig):
-    """``SFTConfig`` plus the distillation mix. Defaults suit a short healing run: no gradient
-    checkpointing, bf16 only where the GPU supports it (never on CPU), and no reporting."""
+    """``SFTConfig`` plus the distillation mix. Defaults suit a short LoRA healing run: learning
+    rate 1e-3 with cosine decay (lower it, e.g. to 1e-4, for full fine-tuning), no gradient
+    checkpointing, and bf16 only where the GPU supports it (never on CPU)."""
 
     alpha: float = field(
         default=0.5, metadata={"help": "weight of cross-entropy; 1 - alpha weighs the distillation term"}
