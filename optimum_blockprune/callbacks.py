@@ -67,8 +67,8 @@ class GradualRemovalCallback(BlockPruneMetadataCallback):
     ``schedule`` maps a training step to the number of layers removed at the end of that step,
     e.g. ``{100: 2, 200: 2}``. Layers are chosen on the CURRENT model by
     :meth:`BlockPruner.select` with ``config`` (its ``remove`` / ``ratio`` is replaced by the
-    scheduled count; ``protect`` and ``force`` use ORIGINAL block names), on calibration text
-    tokenised with ``tokenizer``. Block names everywhere are those of the original model:
+    scheduled count; ``protect`` uses ORIGINAL block names; ``force`` is refused), on
+    calibration text tokenised with ``tokenizer``. Block names everywhere are those of the original model:
     ``removed`` lists them, and every checkpoint holds ``blockprune_config.json`` with
     ``removed_blocks`` and a report of each removal.
 
