@@ -10,7 +10,7 @@ PLUGINS := -e plugins/optimum-blockprune-opt
 # The CP-SAT certifier plugin (pulls ortools from PyPI); the core's tests cross-check bnb with it.
 CERTIFIER := -e plugins/optimum-blockprune-cpsat
 
-.PHONY: setup demo test bench lint
+.PHONY: setup demo demo-heal test bench bench-healing lint
 
 setup: $(STAMP)
 
@@ -26,8 +26,13 @@ $(STAMP): pyproject.toml Makefile $(wildcard plugins/*/pyproject.toml)
 	$(PY) -m pip install --quiet $(CERTIFIER)
 	touch $(STAMP)
 
+# `make demo HEAL=1` or `make demo-heal`: also heal the pruned model (a few minutes more on 2 cores).
+HEAL_STEPS ?= 20
 demo: setup
-	$(PY) -m optimum_blockprune.demo
+	$(PY) -m optimum_blockprune.demo $(if $(HEAL),--heal-steps $(HEAL_STEPS))
+
+demo-heal: setup
+	$(PY) -m optimum_blockprune.demo --heal-steps $(HEAL_STEPS)
 
 test: setup
 	$(PY) -m pytest -q
@@ -35,6 +40,9 @@ test: setup
 bench: setup
 	$(PY) benchmarks/selection.py
 	$(PY) benchmarks/solvers.py
+
+bench-healing: setup
+	$(PY) benchmarks/healing.py
 
 lint: setup
 	$(VENV)/bin/ruff check .
