@@ -21,21 +21,10 @@ CORPUS = [
 
 def tiny_config(model_type: str = "llama", layers: int = 6):
     """A tiny random config of a Llama-family architecture."""
+    from architectures import COMMON
     from transformers import AutoConfig
 
-    kwargs = dict(
-        vocab_size=300,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=2,
-        tie_word_embeddings=False,
-    )
+    kwargs = dict(COMMON, num_hidden_layers=layers)
     if model_type == "qwen3":
         kwargs["layer_types"] = [
             "full_attention" if i % 2 == 0 else "sliding_attention" for i in range(layers)
@@ -86,4 +75,12 @@ def tiny_model_dir(tmp_path, tokenizer):
     path = tmp_path / "tiny-llama"
     tiny_model("llama", 6).save_pretrained(path)
     tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    """The tiny corpus as a calibration / training text file."""
+    path = tmp_path / "cal.txt"
+    path.write_text("\n\n".join(CORPUS))
     return path

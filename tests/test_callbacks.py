@@ -18,13 +18,6 @@ from optimum_blockprune.healing import healing_dataset
 
 
 @pytest.fixture
-def text_file(tmp_path) -> Path:
-    path = tmp_path / "text.txt"
-    path.write_text("\n\n".join(CORPUS))
-    return path
-
-
-@pytest.fixture
 def train_data(tokenizer):
     data = healing_dataset(tokenizer, CORPUS, 32, 16)
     return data.map(lambda row: {"labels": row["input_ids"]})

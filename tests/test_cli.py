@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CORPUS
 
 from optimum_blockprune.energy import EnergyModel
 
@@ -29,13 +28,6 @@ def assert_user_error(proc: subprocess.CompletedProcess, fragment: str) -> None:
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and fragment in errors[0], proc.stderr
-
-
-@pytest.fixture
-def text_file(tmp_path) -> Path:
-    path = tmp_path / "cal.txt"
-    path.write_text("\n\n".join(CORPUS))
-    return path
 
 
 def test_blockprune_is_registered_with_optimum_cli():

@@ -32,13 +32,6 @@ SMALL = dict(batch_size=4, seq_len=16, save_steps=5, heldout_samples=0, learning
 
 
 @pytest.fixture
-def text_file(tmp_path) -> Path:
-    path = tmp_path / "text.txt"
-    path.write_text("\n\n".join(CORPUS))
-    return path
-
-
-@pytest.fixture
 def pruned_dir(tmp_path, tiny_model_dir, text_file) -> Path:
     """A tiny model pruned by the project (2 of 6 layers), as ``blockprune prune`` writes it."""
     from optimum_blockprune.pruner import BlockPruner
