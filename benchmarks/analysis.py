@@ -152,10 +152,17 @@ def _saved_bytes_per_token(pruner, blocks, data) -> float:
 
     device = next(pruner.model.parameters()).device
     ids, mask = data.input_ids[:1].to(device), data.attention_mask[:1].to(device)
-    with Gates(pruner.model, pruner.adapter, blocks) as gates:
-        gates.values = torch.ones(1, len(blocks), device=device, requires_grad=True)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-            last_hidden(pruner.model, pruner.adapter, ids, mask)
+    frozen = [p for p in pruner.model.parameters() if p.requires_grad]
+    for p in frozen:  # as in the analysis: weights need no gradient, so their inputs are not kept
+        p.requires_grad_(False)
+    try:
+        with Gates(pruner.model, pruner.adapter, blocks) as gates:
+            gates.values = torch.ones(1, len(blocks), device=device, requires_grad=True)
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+                last_hidden(pruner.model, pruner.adapter, ids, mask)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
     return sum(saved.values()) / ids.shape[1]
 
 
