@@ -180,7 +180,7 @@ class GradualRemovalCallback(BlockPruneMetadataCallback):
         parameters from ``optimizer``; return the figures of this removal."""
         from .calibration import CalibrationData
         from .pruner import BlockPruner
-        from .scoring import LayerLossScorer
+        from .scoring import LossScorer
 
         t0 = time.perf_counter()
         adapter = self._adapter(model)
@@ -196,7 +196,7 @@ class GradualRemovalCallback(BlockPruneMetadataCallback):
         device = next(model.parameters()).device
         data = pruner.calibration(config)
         data = CalibrationData(data.input_ids.to(device), data.attention_mask.to(device), data.metadata)
-        scorer = LayerLossScorer(model, adapter, data, config.batch_size)
+        scorer = LossScorer(model, adapter, data, config.batch_size)
         params_before = sum(p.numel() for p in model.parameters())
         try:
             selection = pruner.select(config, progress=self.progress, scorer=scorer)
