@@ -4,10 +4,12 @@ The batched analysis (one forward + backward per batch, a gate per sample) again
 batch-1 loop (one forward + backward per sample) on the SAME calibration samples, for several
 batch sizes and sequence lengths; the same under 2 data-parallel processes (``accelerate
 launch``); and the largest batch with gradient checkpointing. Every configuration runs in a
-fresh process, so its peak memory is its own: peak RSS (``VmHWM``, reset after loading) on CPU,
-``torch.cuda.max_memory_allocated`` on GPU. "analysis" memory is the peak minus what the
-process held before the analysis (the model and the calibration data). Each run's A is
-compared with the batch-1 loop's. Prints a table and writes benchmarks/results/analysis.json.
+fresh process, warmed up with one batch of its own size, so its peak memory is its own: peak
+RSS (``VmHWM``, reset after loading) on CPU, ``torch.cuda.max_memory_allocated`` on GPU.
+"analysis" memory is the peak minus what the process held before (model and calibration data).
+Besides the separate batch-1 run, every batched run times the batch-1 loop on two of its samples
+in the same process ("paired"). Each run's A is compared with the batch-1 loop's. Prints a table
+and writes benchmarks/results/analysis.json.
 
     python benchmarks/analysis.py                                 # CPU, float32 (~15 min on 2 cores)
     python benchmarks/analysis.py --device cuda --dtype bfloat16  # one GPU (2 processes if 2 GPUs)
@@ -183,9 +185,9 @@ def worker(args: argparse.Namespace) -> None:
     pruner.model.to(device)
     data = pruner.calibration(BlockPruneConfig(remove=1, num_samples=args.num_samples, seq_len=args.seq_len))
     blocks = pruner.blocks()
-    # first-call set-up (and paging in the weights) is not timed
-    warm = CalibrationData(data.input_ids[:1], data.attention_mask[:1])
-    gate_gradients(pruner.model, pruner.adapter, blocks, warm, 1, processes=Processes())
+    # paging in the weights and first-call set-up are not measured
+    first = CalibrationData(data.input_ids[:1], data.attention_mask[:1])
+    gate_gradients(pruner.model, pruner.adapter, blocks, first, 1, processes=Processes())
     saved_per_token = _saved_bytes_per_token(pruner, blocks, data)
 
     def one_sample_loop(k: int) -> tuple[float, float, int]:
@@ -197,12 +199,25 @@ def worker(args: argparse.Namespace) -> None:
             torch.cuda.synchronize(device)
         return time.perf_counter() - t, _cpu_seconds() - c, one.num_tokens
 
-    # paired baseline: the batch-1 loop on one sample just before and one just after the timed run,
-    # so a change of machine load between configurations does not distort the ratio
-    paired = [one_sample_loop(0)] if processes.world == 1 and args.batch_size > 1 else []
     _release_free_memory()
     before = _memory_now(device)
     _reset_peak(device)
+    # Warm-up: one batch of this configuration's size, untimed. It makes the process touch the
+    # batch's memory (first-touch page faults, a one-off per process that a long analysis
+    # amortises) and sets the memory peak, which the timed run repeats.
+    warm = CalibrationData(data.input_ids[: args.batch_size], data.attention_mask[: args.batch_size])
+    gate_gradients(
+        pruner.model,
+        pruner.adapter,
+        blocks,
+        warm,
+        args.batch_size,
+        gradient_checkpointing=args.checkpointing,
+        processes=Processes(),
+    )
+    # paired baseline: the batch-1 loop on one sample just before and one just after the timed run,
+    # so a change of machine load between configurations does not distort the ratio
+    paired = [one_sample_loop(0)] if processes.world == 1 and args.batch_size > 1 else []
     processes.barrier()
     t0, cpu0 = time.perf_counter(), _cpu_seconds()
     A, _ = gate_gradients(
