@@ -4,10 +4,12 @@ The batched analysis (one forward + backward per batch, a gate per sample) again
 batch-1 loop (one forward + backward per sample) on the SAME calibration samples, for several
 batch sizes and sequence lengths; the same under 2 data-parallel processes (``accelerate
 launch``); and the largest batch with gradient checkpointing. Every configuration runs in a
-fresh process, so its peak memory is its own: peak RSS (``VmHWM``, reset after loading) on CPU,
-``torch.cuda.max_memory_allocated`` on GPU. "analysis" memory is the peak minus what the
-process held before the analysis (the model and the calibration data). Each run's A is
-compared with the batch-1 loop's. Prints a table and writes benchmarks/results/analysis.json.
+fresh process, warmed up with one batch of its own size, so its peak memory is its own: peak
+RSS (``VmHWM``, reset after loading) on CPU, ``torch.cuda.max_memory_allocated`` on GPU.
+"analysis" memory is the peak minus what the process held before (model and calibration data).
+Besides the separate batch-1 run, every batched run times the batch-1 loop on two of its samples
+in the same process ("paired"). Each run's A is compared with the batch-1 loop's. Prints a table
+and writes benchmarks/results/analysis.json.
 
     python benchmarks/analysis.py                                 # CPU, float32 (~15 min on 2 cores)
     python benchmarks/analysis.py --device cuda --dtype bfloat16  # one GPU (2 processes if 2 GPUs)
@@ -183,13 +185,39 @@ def worker(args: argparse.Namespace) -> None:
     pruner.model.to(device)
     data = pruner.calibration(BlockPruneConfig(remove=1, num_samples=args.num_samples, seq_len=args.seq_len))
     blocks = pruner.blocks()
-    # first-call set-up (and paging in the weights) is not timed
-    warm = CalibrationData(data.input_ids[:1], data.attention_mask[:1])
-    gate_gradients(pruner.model, pruner.adapter, blocks, warm, 1, processes=Processes())
+    # paging in the weights and first-call set-up are not measured
+    first = CalibrationData(data.input_ids[:1], data.attention_mask[:1])
+    gate_gradients(pruner.model, pruner.adapter, blocks, first, 1, processes=Processes())
     saved_per_token = _saved_bytes_per_token(pruner, blocks, data)
+
+    def one_sample_loop(k: int) -> tuple[float, float, int]:
+        """The batch-1 loop on sample k, in this process: (seconds, CPU seconds, tokens)."""
+        one = CalibrationData(data.input_ids[k : k + 1], data.attention_mask[k : k + 1])
+        t, c = time.perf_counter(), _cpu_seconds()
+        gate_gradients(pruner.model, pruner.adapter, blocks, one, 1, processes=Processes())
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - t, _cpu_seconds() - c, one.num_tokens
+
     _release_free_memory()
     before = _memory_now(device)
     _reset_peak(device)
+    # Warm-up: one batch of this configuration's size, untimed. It makes the process touch the
+    # batch's memory (first-touch page faults, a one-off per process that a long analysis
+    # amortises) and sets the memory peak, which the timed run repeats.
+    warm = CalibrationData(data.input_ids[: args.batch_size], data.attention_mask[: args.batch_size])
+    gate_gradients(
+        pruner.model,
+        pruner.adapter,
+        blocks,
+        warm,
+        args.batch_size,
+        gradient_checkpointing=args.checkpointing,
+        processes=Processes(),
+    )
+    # paired baseline: the batch-1 loop on one sample just before and one just after the timed run,
+    # so a change of machine load between configurations does not distort the ratio
+    paired = [one_sample_loop(0)] if processes.world == 1 and args.batch_size > 1 else []
     processes.barrier()
     t0, cpu0 = time.perf_counter(), _cpu_seconds()
     A, _ = gate_gradients(
@@ -205,6 +233,8 @@ def worker(args: argparse.Namespace) -> None:
         torch.cuda.synchronize(device)
     seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
     memory = processes.gather({"peak": _memory_peak(device), "before": before, "cpu_seconds": cpu})
+    if paired:
+        paired.append(one_sample_loop(len(data) - 1))
     if processes.is_main:
         result = {
             "seconds": seconds,
@@ -212,6 +242,7 @@ def worker(args: argparse.Namespace) -> None:
             "threads_per_process": torch.get_num_threads(),
             "memory": memory,
             "saved_for_backward_mb_per_token": saved_per_token / 2**20,
+            "paired_batch1": [sum(x) for x in zip(*paired, strict=True)] if paired else None,
             "A": A.tolist(),
         }
         Path(args.result).write_text(json.dumps(result))
@@ -249,9 +280,10 @@ def run_config(
             launch = [accelerate, "launch", "--num_processes", str(processes), "--num_machines", "1"]
             launch += ["--mixed_precision", "no", "--dynamo_backend", "no"]
             launch += ["--main_process_port", str(_free_port())]
-            cmd = [*launch, *(["--cpu"] if args.device == "cpu" else []), *cmd]
+            cmd = [*launch, "--multi_gpu", *cmd]  # accelerate's torchrun launcher, on CPU too
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""} if args.device == "cpu" else None
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp, env=env)
         if proc.returncode != 0:
             sys.exit(f"configuration failed: {' '.join(cmd)}\n{proc.stderr[-4000:]}")
         out = json.loads(result.read_text())
@@ -271,6 +303,7 @@ def run_config(
         "peak_mb_per_process": round(max(peaks) / 2**20, 1),
         "analysis_mb_per_process": round(max(deltas) / 2**20, 1),
         "saved_for_backward_mb_per_token": round(out["saved_for_backward_mb_per_token"], 4),
+        "paired_batch1": out["paired_batch1"],
         "A": out["A"],
     }
 
@@ -302,8 +335,8 @@ def main() -> None:
         f"threads per process: {args.threads or 'default'}; load average {load}"
     )
     print(
-        "| processes x threads | batch | seq | checkpointing | tokens/s | vs batch-1 loop | tokens/CPU-s "
-        "| vs batch-1 loop | analysis MB | MB/token | peak MB | max abs(A - A batch-1) |"
+        "| processes x threads | batch | seq | checkpointing | tokens/s | vs batch-1 run | vs batch-1 paired "
+        "| tokens/CPU-s | CPU vs batch-1 paired | analysis MB | MB/token | max abs(A - A batch-1) |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows, baseline = [], {}
@@ -314,18 +347,33 @@ def main() -> None:
         if batch == 1 and processes == 1 and not checkpointing:
             baseline[seq_len] = row, A
         base, base_A = baseline.get(seq_len, (None, None))
-        for key, name in (("tokens_per_second", "speedup"), ("tokens_per_cpu_second", "cpu_efficiency")):
-            row[f"{name}_vs_batch1_loop"] = round(row[key] / base[key], 2) if base else None
+        row["speedup_vs_batch1_run"] = (
+            round(row["tokens_per_second"] / base["tokens_per_second"], 2) if base else None
+        )
+        paired = row.pop("paired_batch1")
+        if paired:  # (seconds, CPU seconds, tokens) of the batch-1 loop on two samples, same process
+            row["speedup_vs_batch1_paired"] = round(row["tokens_per_second"] / (paired[2] / paired[0]), 2)
+            row["cpu_efficiency_vs_batch1_paired"] = round(
+                row["tokens_per_cpu_second"] / (paired[2] / paired[1]), 2
+            )
+        elif batch == 1 and processes == 1:
+            row["speedup_vs_batch1_paired"] = row["cpu_efficiency_vs_batch1_paired"] = 1.0
+        else:
+            row["speedup_vs_batch1_paired"] = row["cpu_efficiency_vs_batch1_paired"] = None
         row["analysis_mb_per_token"] = round(row["analysis_mb_per_process"] / (batch * seq_len), 3)
         row["max_abs_diff_A_vs_batch1"] = float(np.abs(A - base_A).max()) if base_A is not None else None
         row["max_abs_A"] = float(np.abs(A).max())
         rows.append(row)
+
+        def ratio(value: float | None) -> str:
+            return "-" if value is None else f"{value:.2f}x"
+
         print(
             f"| {processes} x {row['threads_per_process']} | {batch} | {seq_len} "
             f"| {'yes' if checkpointing else 'no'} | {row['tokens_per_second']:.1f} "
-            f"| {row['speedup_vs_batch1_loop']}x | {row['tokens_per_cpu_second']:.1f} "
-            f"| {row['cpu_efficiency_vs_batch1_loop']}x | {row['analysis_mb_per_process']:.0f} "
-            f"| {row['analysis_mb_per_token']:.2f} | {row['peak_mb_per_process']:.0f} "
+            f"| {ratio(row['speedup_vs_batch1_run'])} | {ratio(row['speedup_vs_batch1_paired'])} "
+            f"| {row['tokens_per_cpu_second']:.1f} | {ratio(row['cpu_efficiency_vs_batch1_paired'])} "
+            f"| {row['analysis_mb_per_process']:.0f} | {row['analysis_mb_per_token']:.2f} "
             f"| {row['max_abs_diff_A_vs_batch1']:.1e} |",
             flush=True,
         )

@@ -263,7 +263,8 @@ class AnalyzeCommand(_Leaf):
         if processes.is_main:
             energy.save(out)
             partial.unlink(missing_ok=True)
-            print(f"energy model ({energy.variant}, {len(energy)} blocks) written to {out}")
+            by = f" by {processes.world} processes" if processes.world > 1 else ""
+            print(f"energy model ({energy.variant}, {len(energy)} blocks) computed{by}, written to {out}")
         processes.close()
 
 

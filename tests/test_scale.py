@@ -25,6 +25,7 @@ from optimum_blockprune.resume import PartialRows, partial_path
 
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
 ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+CPU_ONLY = {**ENV, "CUDA_VISIBLE_DEVICES": ""}  # the processes talk over gloo even on a GPU machine
 
 
 @pytest.fixture
@@ -56,13 +57,15 @@ def accelerate_cli(*args: str) -> list[str]:
     with socket.socket() as s:  # a free port: other launches may hold the default one
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    launch = [ACCELERATE, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1"]
+    # --multi_gpu is accelerate's torchrun launcher; its --cpu flag would start one process only
+    launch = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
     launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)]
     return [*launch, "-m", "optimum_blockprune.cli", *args]
 
 
 def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=cwd, timeout=900)
+    env = CPU_ONLY if cmd[0] == ACCELERATE else ENV
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -80,7 +83,9 @@ def test_data_parallel_resume_gathers_rows_in_sample_order(tmp_path, tiny_model_
     state.A[3:] = state.losses[3:] = 0.0
     state.save()
     proc = run(accelerate_cli(*cli_args(tiny_model_dir, cal, out)), tmp_path)
-    assert proc.stdout.count("written to") == 1  # only the main process writes
+    assert (
+        proc.stdout.count("written to") == 1 and "by 2 processes" in proc.stdout
+    )  # only the main one writes
     assert not partial.exists()
     energy = EnergyModel.load(out)
     np.testing.assert_allclose(energy.sources["A"], reference.sources["A"], rtol=1e-5, atol=1e-7)
@@ -92,7 +97,7 @@ def test_data_parallel_resume_gathers_rows_in_sample_order(tmp_path, tiny_model_
 def test_accelerate_two_processes_give_the_single_process_A_on_the_demo_model(tmp_path):
     cal = dict(energy="fisher", calibration="demo", num_samples=8, seq_len=64, batch_size=3)
     out = tmp_path / "energy.safetensors"
-    run(accelerate_cli(*cli_args(None, cal, out)), tmp_path)
+    assert "by 2 processes" in run(accelerate_cli(*cli_args(None, cal, out)), tmp_path).stdout
     single = BlockPruner.from_pretrained().analyze(BlockPruneConfig(remove=1, **cal))
     A = EnergyModel.load(out).sources["A"]
     assert A.shape == (8, 30) and np.abs(A).max() > 1e-3
