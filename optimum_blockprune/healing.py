@@ -62,7 +62,8 @@ def _bf16_default() -> bool:
 class HealingConfig(SFTConfig):
     """``SFTConfig`` plus the distillation mix. Defaults suit a short LoRA healing run: learning
     rate 1e-3 with cosine decay (lower it, e.g. to 1e-4, for full fine-tuning), no gradient
-    checkpointing, and bf16 only where the GPU supports it (never on CPU)."""
+    checkpointing, bf16 only where the GPU supports it (never on CPU), and pinned memory only
+    with a GPU."""
 
     alpha: float = field(
         default=0.5, metadata={"help": "weight of cross-entropy; 1 - alpha weighs the distillation term"}
@@ -75,10 +76,13 @@ class HealingConfig(SFTConfig):
     warmup_steps: float = 0.05
     logging_steps: float = 10
     save_total_limit: int | None = 2
+    dataloader_pin_memory: bool | None = None
 
     def __post_init__(self) -> None:
         if self.bf16 is None:
             self.bf16 = (not self.fp16) and not self.use_cpu and _bf16_default()
+        if self.dataloader_pin_memory is None:
+            self.dataloader_pin_memory = torch.cuda.is_available() and not self.use_cpu
         check_mix(self.alpha, self.temperature)
         super().__post_init__()
 
