@@ -399,7 +399,7 @@ def heal(
         healed = healed.merge_and_unload()
     healed.eval()
     if heldout is not None:
-        ppl["after"] = perplexity(healed, heldout, progress=progress)
+        ppl["after"] = perplexity(healed, _on_device(heldout, healed), progress=progress)
 
     healing = {
         "method": "full" if full else "lora",
@@ -429,6 +429,14 @@ def heal(
     if not keep_checkpoints:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return HealResult(output.resolve(), report)
+
+
+def _on_device(data: Any, model: nn.Module) -> Any:
+    """``data`` (CalibrationData) with its tensors on ``model``'s device (the Trainer may move it)."""
+    from .calibration import CalibrationData
+
+    device = next(model.parameters()).device
+    return CalibrationData(data.input_ids.to(device), data.attention_mask.to(device), data.metadata)
 
 
 def _plan_checkpoints(
