@@ -62,7 +62,8 @@ def _bf16_default() -> bool:
 class HealingConfig(SFTConfig):
     """``SFTConfig`` plus the distillation mix. Defaults suit a short LoRA healing run: learning
     rate 1e-3 with cosine decay (lower it, e.g. to 1e-4, for full fine-tuning), no gradient
-    checkpointing, and bf16 only where the GPU supports it (never on CPU)."""
+    checkpointing, bf16 only where the GPU supports it (never on CPU), and pinned memory only
+    with a GPU."""
 
     alpha: float = field(
         default=0.5, metadata={"help": "weight of cross-entropy; 1 - alpha weighs the distillation term"}
@@ -75,10 +76,13 @@ class HealingConfig(SFTConfig):
     warmup_steps: float = 0.05
     logging_steps: float = 10
     save_total_limit: int | None = 2
+    dataloader_pin_memory: bool | None = None
 
     def __post_init__(self) -> None:
         if self.bf16 is None:
             self.bf16 = (not self.fp16) and not self.use_cpu and _bf16_default()
+        if self.dataloader_pin_memory is None:
+            self.dataloader_pin_memory = torch.cuda.is_available() and not self.use_cpu
         check_mix(self.alpha, self.temperature)
         super().__post_init__()
 
@@ -395,7 +399,7 @@ def heal(
         healed = healed.merge_and_unload()
     healed.eval()
     if heldout is not None:
-        ppl["after"] = perplexity(healed, heldout, progress=progress)
+        ppl["after"] = perplexity(healed, _on_device(heldout, healed), progress=progress)
 
     healing = {
         "method": "full" if full else "lora",
@@ -425,6 +429,14 @@ def heal(
     if not keep_checkpoints:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return HealResult(output.resolve(), report)
+
+
+def _on_device(data: Any, model: nn.Module) -> Any:
+    """``data`` (CalibrationData) with its tensors on ``model``'s device (the Trainer may move it)."""
+    from .calibration import CalibrationData
+
+    device = next(model.parameters()).device
+    return CalibrationData(data.input_ids.to(device), data.attention_mask.to(device), data.metadata)
 
 
 def _plan_checkpoints(
