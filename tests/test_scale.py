@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import platform
 import random
+import resource
 import signal
 import socket
 import subprocess
@@ -20,6 +22,7 @@ from conftest import CORPUS
 from optimum_blockprune.config import BlockPruneConfig
 from optimum_blockprune.energy import EnergyModel
 from optimum_blockprune.errors import BlockPruneError
+from optimum_blockprune.host_memory import retained_heap
 from optimum_blockprune.pruner import BlockPruner
 from optimum_blockprune.resume import PartialRows, partial_path
 
@@ -265,3 +268,21 @@ def test_each_launched_process_gets_its_own_share_of_the_gpus():
         rank_max_memory(0, 16, None, node)
     with pytest.raises(BlockPruneError, match="DEVICE=AMOUNT"):
         parse_max_memory("0:70GiB")
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="retained_heap acts on glibc only")
+def test_retained_heap_keeps_freed_memory_mapped_and_gives_it_back_on_leaving():
+    def faults_of_one_batch() -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        activations = torch.ones(16 * 1024 * 1024)  # 64 MiB: above glibc's largest mmap threshold
+        del activations
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    with retained_heap() as active:
+        assert active
+        for _ in range(3):  # the heap grows to the batch's size once
+            faults_of_one_batch()
+        inside = [faults_of_one_batch() for _ in range(3)]
+    outside = [faults_of_one_batch() for _ in range(2)]
+    assert max(inside) < 500  # reused: no page of the 16,384 is touched afresh
+    assert min(outside) > 4000  # glibc's defaults are back: every batch maps fresh pages
