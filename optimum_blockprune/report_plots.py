@@ -11,6 +11,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.colors import ListedColormap, TwoSlopeNorm
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch, Rectangle
 
 from .energy import EnergyModel
 
@@ -58,7 +59,10 @@ def coupling_figure(energy: EnergyModel, removed: Sequence[str]) -> Figure:
     J = energy.couplings.copy()
     np.fill_diagonal(J, np.nan)
     off = np.abs(J[~np.isnan(J)])
-    vmax = float(off.max()) if off.size and off.max() > 0 else 1.0
+    # Scale to the 99th percentile so a few strong pairs do not wash out the rest (clipped: arrows).
+    vmax = float(np.percentile(off, 99)) if off.size else 0.0
+    vmax = vmax if vmax > 0 else float(off.max()) if off.size and off.max() > 0 else 1.0
+    clipped = bool(off.size and off.max() > vmax)
     side = float(min(max(0.19 * n + 3.0, 7.0), 17.0))
     fig = Figure(figsize=(side + 1.2, side), layout="constrained")
     ax = fig.add_subplot()
@@ -72,8 +76,8 @@ def coupling_figure(energy: EnergyModel, removed: Sequence[str]) -> Figure:
     base = energy.metadata.get("base") or []
     where = f"after removing {len(base)} blocks" if base else "on the unpruned model"
     ax.set_title(f"Couplings J of the '{energy.variant}' energy ({where})")
-    bar = fig.colorbar(image, ax=ax, shrink=0.8)
-    bar.set_label("J_ij: extra energy of removing i and j together (red: worse together)")
+    bar = fig.colorbar(image, ax=ax, shrink=0.6, extend="both" if clipped else "neither")
+    bar.set_label("J_ij (red: worse together, blue: better)")
     return fig
 
 
@@ -102,27 +106,32 @@ def fields_figure(energies: Sequence[EnergyModel], removed: Sequence[str]) -> Fi
     values = single_energies(first)
     gone = set(removed)
     colors = [REMOVED if name in gone else KEPT for name in names]
-    ax.bar(range(n), np.nan_to_num(values), color=colors, width=0.8, label="round 1 (unpruned model)")
+    ax.bar(range(n), np.nan_to_num(values), color=colors, width=0.8)
+    handles = [
+        Patch(color=KEPT, label="round 1 (unpruned model): kept"),
+        Patch(color=REMOVED, label="round 1: removed in the end"),
+    ]
     markers = "os^Dv<>p"
     for r, energy in enumerate(energies[1:], start=2):
         later = single_energies(energy)
         pos = [names.index(b) for b in energy.block_names]
-        ax.plot(
+        (line,) = ax.plot(
             pos,
             later,
             linestyle="none",
             marker=markers[(r - 2) % len(markers)],
-            markersize=4,
+            markersize=5,
             color="#222222" if r == len(energies) else "#8e6c8a",
             label=f"round {r} (after removing {len(energy.metadata.get('base') or [])} blocks)",
         )
+        handles.append(line)
     _block_axis(ax, "x", names, gone)
     ax.set_xlim(-0.7, n - 0.3)
     ax.axhline(0, color="black", linewidth=0.6)
     ax.set_xlabel("block (red: removed)")
     ax.set_ylabel("h_i + J_ii: energy of removing block i alone")
     ax.set_title(f"Per-block fields of the '{first.variant}' energy")
-    ax.legend(fontsize=8, loc="upper left")
+    fig.legend(handles=handles, fontsize=8, loc="outside lower center", ncol=min(len(handles), 4))
     ax.grid(axis="y", alpha=0.3)
     return fig
 
@@ -188,11 +197,17 @@ def removal_map_figure(
     ax.set_yticks(range(k), labels, fontsize=8 if k <= 20 else 6.5, family="monospace")
     ax.get_yticklabels()[chosen].set_fontweight("bold")
     ax.get_yticklabels()[chosen].set_color(REMOVED)
+    ax.add_patch(
+        Rectangle((-0.5, chosen - 0.5), n, 1, fill=False, edgecolor="black", linewidth=1.6, clip_on=False)
+    )
     ax.set_xlabel("block")
     ax.set_ylabel("configuration (lowest energy first)")
-    title = f"Removal map of the top-{k} configurations (red: removed"
-    title += ", grey: fixed before the last round)" if fixed_set else ")"
-    ax.set_title(title + "; ▶ = chosen after reranking")
+    ax.set_title(f"Removal map of the top-{k} configurations")
+    handles = [Patch(color=REMOVED, label="removed")]
+    if fixed_set:
+        handles.append(Patch(color=FIXED, label="fixed before the last round"))
+    handles.append(Patch(fill=False, edgecolor="black", label="▶ chosen after reranking on real loss"))
+    fig.legend(handles=handles, fontsize=8, loc="outside lower center", ncol=len(handles))
     return fig
 
 
