@@ -184,7 +184,7 @@ def test_sublayer_fisher_prune_and_no_report_flag(tmp_path, tokenizer, corpus):
     assert not (quiet.path / "report.html").exists() and not (quiet.path / "report_files").exists()
 
 
-def test_report_cli_with_methods_and_one_line_errors(pruned, tmp_path, tiny_model_dir):
+def test_report_cli_with_methods_and_one_line_error(pruned, tmp_path, tiny_model_dir):
     methods = tmp_path / "methods.json"
     rows = [
         {"method": m, "granularity": "layer", "removed": k, "perplexity": p * (1 + k)}
@@ -201,22 +201,35 @@ def test_report_cli_with_methods_and_one_line_errors(pruned, tmp_path, tiny_mode
     assert (out / "report_files" / "coupling.png").read_bytes() == (
         pruned.path / "report_files" / "coupling.png"
     ).read_bytes()
-
     assert_user_error(run("report", "--input", str(tiny_model_dir)), "not a pruned model folder")
-    assert_user_error(run("report", "--input", str(tmp_path / "nowhere")), "is not a folder")
-    assert_user_error(run("report"), "--input DIR")
-    methods.write_text('[{"method": "x"}]')
-    bad = tmp_path / "bad"
-    assert_user_error(
-        run("report", "--input", str(pruned.path), "--output", str(bad), "--methods", str(methods)),
-        "needs the keys",
-    )
-    assert not bad.exists()
+    assert not (tiny_model_dir / "report.html").exists()
+
+
+def test_bad_inputs_give_one_line_errors_and_write_nothing(pruned, tmp_path):
+    def fails(fragment: str, *args, **kw) -> None:
+        with pytest.raises(BlockPruneError, match=fragment) as info:
+            build_report(*args, **kw)
+        assert "\n" not in str(info.value)
+
+    fails("is not a folder", tmp_path / "nowhere")
+    methods = tmp_path / "methods.json"
+    for text, fragment in (
+        ('[{"method": "x"}]', "needs the keys"),
+        ("[]", "holds no rows"),
+        ('[{"method": "x", "removed": 2, "perplexity": -1}]', "positive number"),
+        ("{oops", "cannot read"),
+    ):
+        methods.write_text(text)
+        fails(fragment, pruned.path, tmp_path / "bad", methods)
+        assert not (tmp_path / "bad").exists()
+    fails("file not found", pruned.path, tmp_path / "bad", tmp_path / "missing.json")
     # a copy without its energy model (e.g. a healed folder) names the missing file, writes nothing
     copy = tmp_path / "copy"
     shutil.copytree(pruned.path, copy, ignore=shutil.ignore_patterns("report*", "*.safetensors"))
-    assert_user_error(run("report", "--input", str(copy)), "lacks blockprune_energy.safetensors")
-    assert sorted(p.name for p in copy.iterdir() if p.name.startswith((".", "report"))) == []
+    fails("lacks blockprune_energy.safetensors", copy)
+    assert [p.name for p in copy.iterdir() if p.name.startswith((".", "report"))] == []
+    (tmp_path / "file").write_text("x")
+    fails("is a file", pruned.path, tmp_path / "file")
 
 
 def test_load_run_rejects_reports_without_rounds(tmp_path):
