@@ -41,20 +41,30 @@ class ReportFiles:
 
 
 # ----------------------------------------------------------------- inputs
-def read_methods(path: str | Path) -> dict[str, list[tuple[int, float]]]:
-    """``{"method (granularity)": [(removed, perplexity), ...]}`` from a JSON list of rows
-    ``{"method", "granularity", "removed", "perplexity"}`` (or an object holding it under
-    ``rows``/``results``); ``removed`` is a count or a list of block names."""
+@dataclass
+class Methods:
+    """Per-method perplexities: ``series[(method, granularity)] = [(removed, perplexity), ...]``."""
+
+    series: dict[tuple[str, str], list[tuple[int, float]]]
+    dense: float | None = None  # the unpruned model's perplexity, where the file gives it
+
+
+def read_methods(path: str | Path) -> Methods:
+    """Rows ``{"method", "granularity", "removed", "perplexity"}`` from a JSON list, or from an
+    object holding it under ``rows`` (then an optional ``dense_perplexity`` too), as
+    ``benchmarks/results/methods.json``; ``removed`` is a count or a list of block names."""
     path = Path(path)
     data = read_json(path)
+    dense = None
     if isinstance(data, dict):
+        dense = data.get("dense_perplexity")
         data = next((data[k] for k in ("rows", "results", "methods") if isinstance(data.get(k), list)), None)
     if not isinstance(data, list) or not data:
         raise BlockPruneError(
             f"{path} holds no rows; --methods expects a JSON list of "
             '{"method", "granularity", "removed", "perplexity"} objects'
         )
-    series: dict[str, list[tuple[int, float]]] = {}
+    series: dict[tuple[str, str], list[tuple[int, float]]] = {}
     for i, row in enumerate(data):
         if not isinstance(row, dict) or not {"method", "removed", "perplexity"} <= row.keys():
             raise BlockPruneError(f"{path}: row {i} needs the keys method, removed and perplexity")
@@ -67,15 +77,19 @@ def read_methods(path: str | Path) -> dict[str, list[tuple[int, float]]]:
             )
         if ppl is None:
             continue  # a method that did not run at this size
-        if not isinstance(ppl, (int, float)) or not math.isfinite(ppl) or ppl <= 0:
+        if not _positive(ppl):
             raise BlockPruneError(f"{path}: row {i} has perplexity={ppl!r}; give a positive number")
-        label = str(row["method"]) + (f" ({row['granularity']})" if row.get("granularity") else "")
-        series.setdefault(label, []).append((count, float(ppl)))
-    return series
+        key = (str(row["method"]), str(row.get("granularity") or "layer"))
+        series.setdefault(key, []).append((count, float(ppl)))
+    return Methods(series, float(dense) if _positive(dense) else None)
+
+
+def _positive(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
 
 
 # ----------------------------------------------------------------- figures
-def make_plots(run: Run, methods: dict[str, list[tuple[int, float]]] | None = None) -> list[Plot]:
+def make_plots(run: Run, methods: Methods | None = None) -> list[Plot]:
     """Every figure of the report, as PNG bytes."""
     from . import report_plots as rp
 
@@ -125,9 +139,11 @@ def make_plots(run: Run, methods: dict[str, list[tuple[int, float]]] | None = No
         rp.loss_energy_figure(cands, chosen),
     )
     if methods:
-        caption = "Held-out perplexity of each method (from the --methods file) by number of removed blocks."
-        ylabel = "perplexity"
-        fig = rp.perplexity_figure(methods, ylabel)
+        caption = (
+            "Perplexity of each method (from the --methods file) by number of removed blocks; solid "
+            "lines: whole layers, dashed: single branches (sublayer blocks), dotted: mixed."
+        )
+        fig = rp.perplexity_figure(methods.series, "perplexity", dense=methods.dense)
     else:
         own = run.own_perplexities()
         extra = [(len(c["removed"]), math.exp(c["loss"])) for i, c in enumerate(cands) if i != chosen]
@@ -135,8 +151,7 @@ def make_plots(run: Run, methods: dict[str, list[tuple[int, float]]] | None = No
             "Calibration perplexity of this run: the unpruned model (0) and the configuration kept in "
             "each round; grey dots: the other reranked candidates. Pass --methods FILE to compare methods."
         )
-        ylabel = "calibration perplexity"
-        fig = rp.perplexity_figure({"this run": own}, ylabel, extra)
+        fig = rp.perplexity_figure({("this run", ""): own}, "calibration perplexity", extra)
     add("perplexity", "Perplexity vs removed blocks", caption, fig)
     return plots
 

@@ -256,21 +256,29 @@ def loss_energy_figure(candidates: Sequence[dict[str, Any]], chosen: int) -> Fig
 
 
 def perplexity_figure(
-    series: dict[str, list[tuple[int, float]]], ylabel: str, extra: list[tuple[int, float]] | None = None
+    series: dict[tuple[str, str], list[tuple[int, float]]],
+    ylabel: str,
+    extra: list[tuple[int, float]] | None = None,
+    dense: float | None = None,
 ) -> Figure:
-    """Perplexity against the number of removed blocks, one line per method."""
-    fig = Figure(figsize=(7.5, 4.8), layout="constrained")
+    """Perplexity against the number of removed blocks: one colour per method, one line style per
+    granularity; ``extra`` as grey dots, ``dense`` (the unpruned model) as a dashed level."""
+    fig = Figure(figsize=(8.5, 5.2), layout="constrained")
     ax = fig.add_subplot()
-    markers = "osD^v<>pXP*h"
+    methods = list(dict.fromkeys(m for m, _ in series))
+    palette = colormaps["tab10" if len(methods) <= 10 else "tab20"]
+    styles = {"layer": "-", "sublayer": "--", "mixed": ":"}
     values = [p for pts in series.values() for _, p in pts] + [p for _, p in extra or []]
-    for i, (label, points) in enumerate(series.items()):
+    for (method, granularity), points in series.items():
         points = sorted(points)
         ax.plot(
             [x for x, _ in points],
             [y for _, y in points],
-            marker=markers[i % len(markers)],
-            markersize=5,
-            label=label,
+            marker="o",
+            markersize=4,
+            color=palette(methods.index(method) % palette.N),
+            linestyle=styles.get(granularity, "-."),
+            label=f"{method} ({granularity})" if granularity else method,
         )
     if extra:
         ax.scatter(
@@ -281,6 +289,9 @@ def perplexity_figure(
             zorder=1,
             label="other top-K candidates",
         )
+    if dense is not None:
+        ax.axhline(dense, color="black", linestyle=(0, (2, 2)), linewidth=1, label=f"unpruned ({dense:.2f})")
+        values.append(dense)
     if values and max(values) / max(min(values), 1e-12) > 20:
         ax.set_yscale("log")
     xs = sorted({x for pts in series.values() for x, _ in pts})
@@ -289,6 +300,10 @@ def perplexity_figure(
     ax.set_xlabel("blocks removed")
     ax.set_ylabel(ylabel)
     ax.set_title("Perplexity vs number of removed blocks")
-    ax.legend(fontsize=8, ncol=2 if len(series) > 6 else 1)
-    ax.grid(alpha=0.3)
+    entries = len(series) + bool(extra) + (dense is not None)
+    if entries > 8:
+        fig.legend(fontsize=7.5, loc="outside right upper")
+    else:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
     return fig
