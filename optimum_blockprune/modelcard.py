@@ -82,7 +82,8 @@ def render_model_card(run: Run, name: str, with_report: bool) -> str:
             f"({100 * (before - after) / before:.1f}% removed).",
         ]
     if r.get("deleted_layers") is not None:
-        lines.append(f"Decoder layers deleted (original indices): {r.get('deleted_layers') or 'none'}.")
+        deleted = ", ".join(str(i) for i in r.get("deleted_layers") or []) or "none"
+        lines.append(f"Decoder layers deleted (original indices): {deleted}.")
     if branch_pruned:
         lines.append(f"Single branches removed (no-op stand-ins): {', '.join(r['skipped_branches'])}.")
     lines += ["", "## How they were chosen", ""]

@@ -242,3 +242,15 @@ def test_load_run_rejects_reports_without_rounds(tmp_path):
     (tmp_path / "blockprune_report.json").write_text("{not json")
     with pytest.raises(BlockPruneError, match="cannot read"):
         load_run(tmp_path)
+
+
+def test_model_card_of_a_folder_without_selection_rounds(tmp_path):
+    """Folders written by save_pruned without a selection (e.g. the healing benchmark) get a card too."""
+    from optimum_blockprune.modelcard import card_metadata, write_model_card
+
+    (tmp_path / "blockprune_config.json").write_text('{"remove": 2, "removed_blocks": ["layers.1", "layers.3"]}')
+    report = {"model_id": "org/base", "removed": ["layers.1", "layers.3"], "num_blocks": 6}
+    (tmp_path / "blockprune_report.json").write_text(json.dumps(report))
+    card = write_model_card(tmp_path)
+    assert card_metadata(card)["base_model"] == "org/base"
+    assert "`layers.3`" in card.read_text() and "report.html" not in card.read_text()
