@@ -248,7 +248,9 @@ def test_model_card_of_a_folder_without_selection_rounds(tmp_path):
     """Folders written by save_pruned without a selection (e.g. the healing benchmark) get a card too."""
     from optimum_blockprune.modelcard import card_metadata, write_model_card
 
-    (tmp_path / "blockprune_config.json").write_text('{"remove": 2, "removed_blocks": ["layers.1", "layers.3"]}')
+    (tmp_path / "blockprune_config.json").write_text(
+        '{"remove": 2, "removed_blocks": ["layers.1", "layers.3"]}'
+    )
     report = {"model_id": "org/base", "removed": ["layers.1", "layers.3"], "num_blocks": 6}
     (tmp_path / "blockprune_report.json").write_text(json.dumps(report))
     card = write_model_card(tmp_path)
