@@ -164,7 +164,13 @@ def _fmt_params(n: Any) -> str:
 def summary_rows(run: Run) -> list[tuple[str, str]]:
     """(label, value) pairs describing what was removed, how, and what was measured."""
     r, c = run.report, run.config
-    rows = [("model", str(r.get("model_id", "?"))), ("architecture adapter", str(r.get("adapter", "?")))]
+    from .modelcard import base_model_id
+
+    model_id = str(r.get("model_id", "?"))
+    rows = [
+        ("model", base_model_id(model_id) or model_id),
+        ("architecture adapter", str(r.get("adapter", "?"))),
+    ]
     removed = run.removed
     rows.append(("removed", f"{len(removed)} of {r.get('num_blocks', '?')} blocks: {', '.join(removed)}"))
     before, after = r.get("parameters_before"), r.get("parameters_after")

@@ -128,6 +128,13 @@ def fields_figure(energies: Sequence[EnergyModel], removed: Sequence[str]) -> Fi
     _block_axis(ax, "x", names, gone)
     ax.set_xlim(-0.7, n - 0.3)
     ax.axhline(0, color="black", linewidth=0.6)
+    scale = np.abs(values[np.isfinite(values) & (values != 0)])
+    if scale.size and scale.max() / np.median(scale) > 30:  # a few blocks dwarf the rest
+        if (values[np.isfinite(values)] > 0).all():
+            ax.set_yscale("log")
+            ax.set_ylim(bottom=float(scale.min()) / 3)
+        else:
+            ax.set_yscale("symlog", linthresh=float(np.percentile(scale, 10)), linscale=1.0)
     ax.set_xlabel("block (red: removed)")
     ax.set_ylabel("h_i + J_ii: energy of removing block i alone")
     ax.set_title(f"Per-block fields of the '{first.variant}' energy")
@@ -277,7 +284,7 @@ def perplexity_figure(
             marker="o",
             markersize=4,
             color=palette(methods.index(method) % palette.N),
-            linestyle=styles.get(granularity, "-."),
+            linestyle=styles.get(granularity or "layer", "-."),
             label=f"{method} ({granularity})" if granularity else method,
         )
     if extra:
