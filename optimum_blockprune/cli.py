@@ -1,4 +1,4 @@
-"""``optimum-cli blockprune analyze | solve | prune | heal``. Heavy imports happen inside ``run()``.
+"""``optimum-cli blockprune analyze | solve | prune | heal | report``. Heavy imports happen inside ``run()``.
 
 Also runnable as ``python -m optimum_blockprune.cli <subcommand> ...``.
 """
@@ -341,6 +341,11 @@ class PruneCommand(_Leaf):
         _add_target_args(parser)
         parser.add_argument("--output", "-o", default=None, help="folder for the pruned model (required)")
         parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+        parser.add_argument(
+            "--no-report",
+            action="store_true",
+            help="skip the visual report (report.html, report.md); the model card is still written",
+        )
 
     def execute(self, args: Namespace) -> None:
         from .pruner import BlockPruner
@@ -349,10 +354,14 @@ class PruneCommand(_Leaf):
             raise BlockPruneError("say where to save the pruned model: --output DIR")
         config = _config_from_args(args)
         pruner = BlockPruner.from_pretrained(args.model, adapter=args.adapter)
-        result = pruner.prune(config, args.output, overwrite=args.overwrite, progress=True)
+        result = pruner.prune(
+            config, args.output, overwrite=args.overwrite, progress=True, write_report=not args.no_report
+        )
         print(f"removed {len(result.removed)} blocks: {' '.join(result.removed)}")
         print(f"calibration loss {result.report['dense_loss']:.4f} -> {result.report['pruned_loss']:.4f}")
         print(f"pruned model written to {result.path}")
+        if not args.no_report:
+            print(f"report: {result.path / 'report.html'} (and report.md)")
 
 
 class HealCommand(_Leaf):
@@ -380,7 +389,9 @@ class HealCommand(_Leaf):
             default="demo",
             help="training text: 'demo' (calibration split), a .txt/.jsonl file or a saved datasets folder",
         )
-        parser.add_argument("--text-field", default="text", help="field holding the text in .jsonl / datasets")
+        parser.add_argument(
+            "--text-field", default="text", help="field holding the text in .jsonl / datasets"
+        )
         parser.add_argument("--output", "-o", default=None, help="folder for the healed model (required)")
         parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
         group = parser.add_argument_group("training")
@@ -391,7 +402,10 @@ class HealCommand(_Leaf):
             "--learning-rate", type=float, default=None, help="default: 1e-3 with LoRA, 1e-4 full fine-tuning"
         )
         group.add_argument(
-            "--alpha", type=float, default=0.5, help="weight of cross-entropy; 1 - alpha on distillation (0.5)"
+            "--alpha",
+            type=float,
+            default=0.5,
+            help="weight of cross-entropy; 1 - alpha on distillation (0.5)",
         )
         group.add_argument("--temperature", type=float, default=2.0, help="distillation temperature (2.0)")
         group.add_argument("--batch-size", type=int, default=8, help="blocks per step (default: 8)")
@@ -453,6 +467,37 @@ class HealCommand(_Leaf):
         print(f"healed model written to {result.path}")
 
 
+class ReportCommand(_Leaf):
+    COMMAND = CommandInfo(
+        name="report",
+        help="Write the visual report (HTML page and markdown with plots) of a pruned model folder.",
+    )
+
+    @staticmethod
+    def parse_args(parser: ArgumentParser) -> None:
+        parser.add_argument("--input", "-i", default=None, help="pruned model folder written by 'prune'")
+        parser.add_argument(
+            "--output",
+            "-o",
+            default=None,
+            help="folder for report.html, report.md, report_files/ (default: --input)",
+        )
+        parser.add_argument(
+            "--methods",
+            default=None,
+            help="JSON rows {method, granularity, removed, perplexity} to plot perplexity per method "
+            "(e.g. benchmarks/results/methods.json)",
+        )
+
+    def execute(self, args: Namespace) -> None:
+        from .report import build_report
+
+        if not args.input:
+            raise BlockPruneError("say which pruned model folder to report on: --input DIR")
+        files = build_report(args.input, args.output, args.methods)
+        print(f"report written to {files.html} and {files.markdown} ({len(files.images)} plots)")
+
+
 class BlockPruneCommand(BaseOptimumCLICommand):
     COMMAND = CommandInfo(
         name="blockprune",
@@ -463,6 +508,7 @@ class BlockPruneCommand(BaseOptimumCLICommand):
         CommandInfo(name="solve", help=SolveCommand.COMMAND.help, subcommand_class=SolveCommand),
         CommandInfo(name="prune", help=PruneCommand.COMMAND.help, subcommand_class=PruneCommand),
         CommandInfo(name="heal", help=HealCommand.COMMAND.help, subcommand_class=HealCommand),
+        CommandInfo(name="report", help=ReportCommand.COMMAND.help, subcommand_class=ReportCommand),
     )
 
 

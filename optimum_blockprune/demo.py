@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> None:
         f"selection cost     : {report['cost']['forward_equivalents']} forward-pass equivalents, "
         f"{report['cost']['backward_passes']} backward passes, {report['seconds']['select']:.0f} s"
     )
-    print(f"pruned model saved : {Path(result.path)}")
+    print(f"pruned model saved : {Path(result.path)} (model card: README.md)")
+    print(f"report             : {Path(result.path) / 'report.html'} (and report.md)")
     if heal:
         from .healing import heal as heal_model
 

@@ -40,6 +40,8 @@ class Selection:
     pruned_loss: float
     rounds: list[dict[str, Any]] = field(default_factory=list)
     cost: dict[str, float] = field(default_factory=dict)
+    #: The energy model of each round (what the report's heatmap and fields show).
+    energies: list[EnergyModel] = field(default_factory=list)
 
 
 @dataclass
@@ -200,6 +202,7 @@ class BlockPruner:
         dense_loss = scorer.loss()
         chosen = list(force)
         rounds: list[dict[str, Any]] = []
+        energies: list[EnergyModel] = []
         backward_passes = 0
         pool: list[str] | None = None
         targets = _round_targets(
@@ -210,6 +213,7 @@ class BlockPruner:
             t0 = time.perf_counter()
             exclude = [n for n in names if pool is not None and n not in pool and n not in chosen]
             energy = self.analyze(config, base=chosen, scorer=scorer, exclude=exclude, progress=progress)
+            energies.append(energy)
             if config.energy in GRADIENT_VARIANTS:
                 backward_passes += 1
             taken = {*chosen, *exclude, *protect}
@@ -260,7 +264,7 @@ class BlockPruner:
             "backward_passes": backward_passes,
             "calibration_tokens": data.num_tokens,
         }
-        return Selection(sorted(chosen, key=names.index), dense_loss, pruned_loss, rounds, cost)
+        return Selection(sorted(chosen, key=names.index), dense_loss, pruned_loss, rounds, cost, energies)
 
     # ----------------------------------------------------------------- prune and save
     def prune(
@@ -270,9 +274,12 @@ class BlockPruner:
         *,
         overwrite: bool = False,
         progress: bool = False,
+        write_report: bool = True,
     ) -> PruneResult:
-        """Select blocks, delete them from the model, and save model, tokenizer, config and report
-        atomically to ``save_dir``. The in-memory model is pruned in place."""
+        """Select blocks, delete them from the model, and save model, tokenizer, config, report,
+        each round's energy model and a model card (README.md) atomically to ``save_dir``; with
+        ``write_report`` also the visual report (report.html, report.md). The in-memory model is
+        pruned in place."""
         from .atomic import check_output_dir
         from .saving import save_pruned
 
@@ -305,7 +312,16 @@ class BlockPruner:
             "seconds": {"select": t_select},
             "config": config.to_dict(),
         }
-        path = save_pruned(self.model, self.tokenizer, config, report, save_dir, overwrite=overwrite)
+        path = save_pruned(
+            self.model,
+            self.tokenizer,
+            config,
+            report,
+            save_dir,
+            overwrite=overwrite,
+            energies=selection.energies,
+            write_report=write_report,
+        )
         return PruneResult(path, selection.removed, report)
 
 
