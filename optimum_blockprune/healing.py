@@ -425,7 +425,7 @@ def heal(
     report = {**prune_report, "healing": healing}
     if not prune_report:
         report["model_id"] = model_id
-    _save_healed(output, overwrite, healed, tokenizer, prune_config, report)
+    _save_healed(output, overwrite, healed, tokenizer, prune_config, report, source=Path(model_id))
     if not keep_checkpoints:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return HealResult(output.resolve(), report)
@@ -494,18 +494,38 @@ def _resolve_teacher(
 
 
 def _save_healed(
-    output: Path, overwrite: bool, model: nn.Module, tokenizer: Any, prune_config: Any, report: dict
+    output: Path,
+    overwrite: bool,
+    model: nn.Module,
+    tokenizer: Any,
+    prune_config: Any,
+    report: dict,
+    source: Path | None = None,
 ) -> None:
-    """Write the healed model like a pruned model of this project, atomically."""
+    """Write the healed model like a pruned model of this project, atomically.
+
+    The pruned folder's energy files (``source``) come along, so the visual report and the
+    model card are rebuilt for the healed folder (with the healing figures in the card)."""
     from .atomic import atomic_output_dir, write_json_atomic
+    from .modelcard import write_model_card
     from .saving import REPORT_NAME, versions
 
+    energy_files = [n for n in report.get("energy_files") or [] if source and (source / n).is_file()]
     with atomic_output_dir(output, overwrite) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if prune_config is not None:
             prune_config.save_pretrained(tmp)
+        for name in energy_files:
+            shutil.copy2(source / name, tmp / name)
         write_json_atomic(tmp / REPORT_NAME, {**report, "versions": {**versions(), **_heal_versions()}})
+        visual = bool(energy_files) and len(energy_files) == len(report["energy_files"])
+        if visual:
+            from .report import build_report
+
+            build_report(tmp, name=output.name)
+        if prune_config is not None:
+            write_model_card(tmp, name=output.name, with_report=visual)
 
 
 def _heal_versions() -> dict[str, str]:

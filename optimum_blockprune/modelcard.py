@@ -114,8 +114,9 @@ def render_model_card(run: Run, name: str, with_report: bool) -> str:
             f"| {math.exp(min(losses)):.2f} to {math.exp(max(losses)):.2f} |"
         )
     ppl = (r.get("healing") or {}).get("heldout_perplexity") or {}
+    labels = {"before": "before healing", "after": "after healing", "teacher": "unpruned teacher"}
     for key, value in ppl.items():
-        lines.append(f"| held-out, {key} healing | | {value:.2f} |")
+        lines.append(f"| held-out, {labels.get(key, key)} | | {value:.2f} |")
     lines += ["", "## Use", "", "```python"]
     if branch_pruned:
         lines += [

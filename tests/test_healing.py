@@ -175,6 +175,11 @@ def test_heal_distils_merges_and_saves_a_pruned_model(
     assert ppl == pytest.approx(report["healing"]["heldout_perplexity"]["after"], rel=1e-5)
     assert result.report["healing"]["heldout_perplexity"]["before"] != pytest.approx(ppl)
     assert not (tmp_path / "healed-checkpoints").exists()
+    # the energy files come along: the visual report and a model card with the healing figures
+    assert report["energy_files"] and all((out / n).is_file() for n in report["energy_files"])
+    assert (out / "report.html").stat().st_size > 10_000
+    card = (out / "README.md").read_text()
+    assert all(name in card for name in report["removed"]) and "after healing" in card
 
 
 def _tok(path):
