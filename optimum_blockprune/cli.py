@@ -96,6 +96,21 @@ def _add_target_args(parser: ArgumentParser, granularity: bool = True) -> None:
     )
 
 
+def _add_method_args(parser: ArgumentParser) -> None:
+    from .methods import ENERGY_METHOD, METHODS
+
+    group = parser.add_argument_group("selection method")
+    group.add_argument(
+        "--method",
+        default=ENERGY_METHOD,
+        choices=METHODS,
+        help="how blocks are chosen: 'energy' (this project's method, default) or a peer baseline "
+        "(shortgpt, shortgpt-iterative, angular, last, sleb, blockpruner, taylor, random; they take "
+        "--remove / --ratio, not a parameter budget)",
+    )
+    group.add_argument("--seed", type=int, default=0, help="seed of --method random (default: 0)")
+
+
 def _target_settings(args: Namespace) -> dict:
     from .config import parse_params, parse_remove
 
@@ -171,6 +186,8 @@ def _config_from_args(args: Namespace):
 
     return BlockPruneConfig(
         **_target_settings(args),
+        method=getattr(args, "method", "energy"),
+        seed=getattr(args, "seed", 0),
         solver=args.solver,
         top_k=args.top_k,
         protect=_names(args.protect) or None,
@@ -339,6 +356,7 @@ class PruneCommand(_Leaf):
         _add_model_args(parser)
         _add_calibration_args(parser)
         _add_target_args(parser)
+        _add_method_args(parser)
         parser.add_argument("--output", "-o", default=None, help="folder for the pruned model (required)")
         parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
 
@@ -351,6 +369,11 @@ class PruneCommand(_Leaf):
         pruner = BlockPruner.from_pretrained(args.model, adapter=args.adapter)
         result = pruner.prune(config, args.output, overwrite=args.overwrite, progress=True)
         print(f"removed {len(result.removed)} blocks: {' '.join(result.removed)}")
+        cost = result.report["cost"]
+        print(
+            f"chosen by method {result.report['method']}: {cost['forward_passes']:g} forward passes, "
+            f"{cost['backward_passes']} backward passes, {cost['seconds']:.1f} s"
+        )
         print(f"calibration loss {result.report['dense_loss']:.4f} -> {result.report['pruned_loss']:.4f}")
         print(f"pruned model written to {result.path}")
 
