@@ -533,6 +533,12 @@ class EvalCommand(_Leaf):
             if getattr(args, name) < 1:
                 raise BlockPruneError(f"--{name.replace('_', '-')} must be a positive integer")
         data_source = args.data or ("demo" if not tasks else None)
+        manager = None
+        if tasks:  # before the model loads: unknown tasks and folders fail fast
+            from .lm_eval_tasks import offline, task_manager
+
+            with offline():
+                manager = task_manager(tasks, args.include_path)
         t0 = time.perf_counter()
         model, tokenizer, model_id = load_model_and_tokenizer(args.model, dtype=getattr(torch, args.dtype))
         model.eval()
@@ -559,6 +565,7 @@ class EvalCommand(_Leaf):
                 batch_size=args.batch_size,
                 num_fewshot=args.num_fewshot,
                 limit=args.limit,
+                manager=manager,
             )
         out["seconds"] = round(time.perf_counter() - t0, 2)
         print(_eval_table(out))

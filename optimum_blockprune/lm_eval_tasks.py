@@ -88,11 +88,12 @@ def run_tasks(
     batch_size: int = 8,
     num_fewshot: int | None = None,
     limit: int | None = None,
+    manager: Any = None,
 ) -> dict[str, dict[str, float]]:
     """Run lm-eval ``tasks`` on the in-memory ``model`` through ``HFLM``.
 
     Returns ``{task: {metric: value, ..., "samples": n}}`` (metrics without lm-eval's ``,none``
-    filter suffix; standard errors are not computed)."""
+    filter suffix; standard errors are not computed). ``manager``: a :func:`task_manager` to reuse."""
     if not tasks:
         raise BlockPruneError("no lm-eval task given; pass --tasks NAME[,NAME...]")
     import lm_eval
@@ -101,7 +102,7 @@ def run_tasks(
     from .gradients import input_device
 
     with offline():
-        manager = task_manager(tasks, include_path)
+        manager = manager or task_manager(tasks, include_path)
         lm = HFLM(
             pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(input_device(model))
         )
