@@ -296,3 +296,38 @@ def test_pruner_records_the_method_and_its_cost(tmp_path, tokenizer, corpus):
         pruner.select(BlockPruneConfig(param_ratio=0.2, method="shortgpt", calibration=str(text)))
     with pytest.raises(BlockPruneError, match="method must be one of"):
         BlockPruneConfig(remove=2, method="nope")
+
+
+def test_prune_cli_method_flag(tmp_path, tiny_model_dir, text_file):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cli = str(Path(sys.executable).with_name("optimum-cli"))
+    common = [cli, "blockprune", "prune", "--model", str(tiny_model_dir), "--calibration", str(text_file)]
+    common += ["--num-samples", "4", "--seq-len", "16", "--batch-size", "2", "--remove", "2"]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(
+        [*common, "--method", "angular", "--output", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "chosen by method angular: 1 forward passes, 0 backward passes" in proc.stdout
+    report = json.loads((tmp_path / "out" / "blockprune_report.json").read_text())
+    first = int(report["removed"][0].split(".")[1])
+    assert report["method"] == "angular" and report["removed"] == [f"layers.{first}", f"layers.{first + 1}"]
+    proc = subprocess.run(
+        [*common, "--method", "angular", "--granularity", "sublayer", "--output", str(tmp_path / "bad")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert [line for line in proc.stderr.splitlines() if "error:" in line] == [
+        "optimum-cli blockprune prune: error: method 'angular' works at granularity layer, not 'sublayer'; "
+        "pass --granularity layer or choose another method"
+    ]
+    assert not (tmp_path / "bad").exists()
