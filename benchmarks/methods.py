@@ -92,7 +92,16 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--no-spearman", action="store_true")
     parser.add_argument("--out", default="benchmarks/results/methods.json")
+    parser.add_argument(
+        "--merge",
+        default=None,
+        help="add the rows and correlations of this results file (a part run separately, e.g. with "
+        "--ms '' --sublayers 4) to --out, print the table and exit",
+    )
     args = parser.parse_args()
+    if args.merge:
+        merge(Path(args.out), Path(args.merge))
+        return
     torch.manual_seed(0)
     methods = [m for m in ORDER if m in args.methods.split(",")]
     budgets = {
@@ -190,6 +199,21 @@ def main() -> None:
     print(f"wrote {out} ({results['seconds']:.0f} s)")
 
 
+def merge(out: Path, part: Path) -> None:
+    """Add the rows / correlations of ``part`` to ``out`` (rows of the same method, granularity and
+    size are replaced), keeping each part's settings."""
+    results, extra = json.loads(out.read_text()), json.loads(part.read_text())
+    keys = {(r["method"], r["granularity"], r["removed"]) for r in extra["rows"]}
+    results["rows"] = [
+        r for r in results["rows"] if (r["method"], r["granularity"], r["removed"]) not in keys
+    ]
+    results["rows"] += extra["rows"]
+    results["spearman"] = results["spearman"] or extra["spearman"]
+    results.setdefault("parts", []).append({"settings": extra["settings"], "seconds": extra.get("seconds")})
+    out.write_text(json.dumps(results, indent=2))
+    print_table(results)
+
+
 def correlations(pruner: BlockPruner, scorer: LossScorer, data, ms: list[int], count: int) -> list[dict]:
     """Spearman(energy, true calibration loss) over ``count`` random configurations of each M."""
     blocks = pruner.blocks("layer")
@@ -219,6 +243,10 @@ def correlations(pruner: BlockPruner, scorer: LossScorer, data, ms: list[int], c
     return rows
 
 
+def _ppl(value: float) -> str:
+    return f"{value:.2f}" if value < 1e5 else f"{value:.1e}"
+
+
 def print_table(results: dict) -> None:
     print(
         f"\nheld-out perplexity (dense {results['dense_perplexity']:.2f}); cost at the largest budget: "
@@ -232,7 +260,7 @@ def print_table(results: dict) -> None:
         print(f"\n{granularity + ' (removed)':<20}" + "".join(f"{s:>10}" for s in sizes) + f"{'cost':>26}")
         for method in dict.fromkeys(r["method"] for r in rows):
             mine = {r["removed"]: r for r in rows if r["method"] == method}
-            cells = "".join(f"{mine[s]['perplexity']:>10.2f}" if s in mine else f"{'':>10}" for s in sizes)
+            cells = "".join(f"{_ppl(mine[s]['perplexity']):>10}" if s in mine else f"{'':>10}" for s in sizes)
             last = mine[max(mine)]
             cost = f"{last['forward_passes']:.1f} / {last['backward_passes']} / {last['seconds']:.0f}"
             print(f"{method:<20}{cells}{cost:>26}")
