@@ -38,7 +38,8 @@ class CalibrationData:
 
 def load_texts(source: str, split: str = "calibration", text_field: str = "text") -> list[str]:
     """Texts from ``demo`` (the bundled Wikipedia corpus), a .txt file (documents separated by
-    blank lines), a .jsonl/.json file (``text_field`` of each record), or a saved ``datasets`` folder."""
+    blank lines), a .jsonl/.json/.csv/.parquet file (``text_field`` of each record), or a saved
+    ``datasets`` folder."""
     if source == DEMO_SOURCE:
         from .demo_assets import demo_texts
 
@@ -62,6 +63,8 @@ def load_texts(source: str, split: str = "calibration", text_field: str = "text"
                 f"dataset {path} has no column {text_field!r}; columns: {', '.join(ds.column_names)}"
             )
         return [str(t) for t in ds[text_field]]
+    if path.suffix in (".csv", ".parquet"):
+        return _table_texts(path, text_field)
     raw = path.read_text(encoding="utf-8", errors="replace")
     if path.suffix in (".jsonl", ".json"):
         records = (
@@ -74,6 +77,21 @@ def load_texts(source: str, split: str = "calibration", text_field: str = "text"
         except (KeyError, TypeError):
             raise BlockPruneError(f"every record of {path} needs a {text_field!r} field") from None
     return [doc.strip() for doc in raw.split("\n\n") if doc.strip()]
+
+
+def _table_texts(path: Path, column: str) -> list[str]:
+    """The ``column`` of a .csv or .parquet file."""
+    import pandas
+
+    try:
+        frame = pandas.read_csv(path) if path.suffix == ".csv" else pandas.read_parquet(path)
+    except Exception as exc:
+        raise BlockPruneError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
+    if column not in frame.columns:
+        raise BlockPruneError(
+            f"{path} has no column {column!r}; columns: {', '.join(map(str, frame.columns))}"
+        )
+    return [str(t) for t in frame[column].dropna()]
 
 
 def build_calibration(

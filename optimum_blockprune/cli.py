@@ -1,4 +1,4 @@
-"""``optimum-cli blockprune analyze | solve | prune | heal | report``. Heavy imports happen inside ``run()``.
+"""``optimum-cli blockprune analyze | solve | prune | heal | report | eval``. Heavy imports happen inside ``run()``.
 
 Also runnable as ``python -m optimum_blockprune.cli <subcommand> ...``.
 """
@@ -96,6 +96,21 @@ def _add_target_args(parser: ArgumentParser, granularity: bool = True) -> None:
     )
 
 
+def _add_method_args(parser: ArgumentParser) -> None:
+    from .methods import ENERGY_METHOD, METHODS
+
+    group = parser.add_argument_group("selection method")
+    group.add_argument(
+        "--method",
+        default=ENERGY_METHOD,
+        choices=METHODS,
+        help="how blocks are chosen: 'energy' (this project's method, default) or a peer baseline "
+        "(shortgpt, shortgpt-iterative, angular, last, sleb, blockpruner, taylor, random; they take "
+        "--remove / --ratio, not a parameter budget)",
+    )
+    group.add_argument("--seed", type=int, default=0, help="seed of --method random (default: 0)")
+
+
 def _target_settings(args: Namespace) -> dict:
     from .config import parse_params, parse_remove
 
@@ -171,6 +186,8 @@ def _config_from_args(args: Namespace):
 
     return BlockPruneConfig(
         **_target_settings(args),
+        method=getattr(args, "method", "energy"),
+        seed=getattr(args, "seed", 0),
         solver=args.solver,
         top_k=args.top_k,
         protect=_names(args.protect) or None,
@@ -339,6 +356,7 @@ class PruneCommand(_Leaf):
         _add_model_args(parser)
         _add_calibration_args(parser)
         _add_target_args(parser)
+        _add_method_args(parser)
         parser.add_argument("--output", "-o", default=None, help="folder for the pruned model (required)")
         parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
         parser.add_argument(
@@ -358,6 +376,11 @@ class PruneCommand(_Leaf):
             config, args.output, overwrite=args.overwrite, progress=True, write_report=not args.no_report
         )
         print(f"removed {len(result.removed)} blocks: {' '.join(result.removed)}")
+        cost = result.report["cost"]
+        print(
+            f"chosen by method {result.report['method']}: {cost['forward_passes']:g} forward passes, "
+            f"{cost['backward_passes']} backward passes, {cost['seconds']:.1f} s"
+        )
         print(f"calibration loss {result.report['dense_loss']:.4f} -> {result.report['pruned_loss']:.4f}")
         print(f"pruned model written to {result.path}")
         if not args.no_report:
@@ -389,9 +412,7 @@ class HealCommand(_Leaf):
             default="demo",
             help="training text: 'demo' (calibration split), a .txt/.jsonl file or a saved datasets folder",
         )
-        parser.add_argument(
-            "--text-field", default="text", help="field holding the text in .jsonl / datasets"
-        )
+        parser.add_argument("--text-field", default="text", help="field holding the text in .jsonl / datasets")
         parser.add_argument("--output", "-o", default=None, help="folder for the healed model (required)")
         parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
         group = parser.add_argument_group("training")
@@ -402,10 +423,7 @@ class HealCommand(_Leaf):
             "--learning-rate", type=float, default=None, help="default: 1e-3 with LoRA, 1e-4 full fine-tuning"
         )
         group.add_argument(
-            "--alpha",
-            type=float,
-            default=0.5,
-            help="weight of cross-entropy; 1 - alpha on distillation (0.5)",
+            "--alpha", type=float, default=0.5, help="weight of cross-entropy; 1 - alpha on distillation (0.5)"
         )
         group.add_argument("--temperature", type=float, default=2.0, help="distillation temperature (2.0)")
         group.add_argument("--batch-size", type=int, default=8, help="blocks per step (default: 8)")
@@ -498,6 +516,121 @@ class ReportCommand(_Leaf):
         print(f"report written to {files.html} and {files.markdown} ({len(files.images)} plots)")
 
 
+class EvalCommand(_Leaf):
+    COMMAND = CommandInfo(
+        name="eval", help="Perplexity and lm-evaluation-harness tasks of a (pruned) model, offline."
+    )
+
+    @staticmethod
+    def parse_args(parser: ArgumentParser) -> None:
+        parser.add_argument(
+            "--model", "-m", default=None, help="model folder, pruned or not (default: the demo model)"
+        )
+        group = parser.add_argument_group("perplexity")
+        group.add_argument(
+            "--data",
+            default=None,
+            help="'demo' (held-out split), a .txt/.jsonl/.json/.csv/.parquet file or a saved dataset folder "
+            "(default: demo; with --tasks and no --data, perplexity is skipped)",
+        )
+        group.add_argument("--text-column", default="text", help="column holding the text (default: text)")
+        group.add_argument("--seq-len", type=int, default=128, help="tokens per block (default: 128)")
+        group.add_argument(
+            "--max-samples", type=int, default=None, help="at most this many blocks (default: all; demo: 64)"
+        )
+        group = parser.add_argument_group("lm-evaluation-harness")
+        group.add_argument("--tasks", default="", help="comma-separated lm-eval task names")
+        group.add_argument(
+            "--include-path",
+            action="append",
+            default=[],
+            help="folder of task YAMLs (repeatable), e.g. examples/lm_eval_tasks",
+        )
+        group.add_argument(
+            "--num-fewshot", type=int, default=None, help="few-shot examples (default: task's)"
+        )
+        group.add_argument("--limit", type=int, default=None, help="at most this many examples per task")
+        parser.add_argument("--batch-size", type=int, default=8, help="samples per forward pass (default: 8)")
+        parser.add_argument(
+            "--dtype", default="float32", choices=_DTYPES, help="weights' dtype (default: float32)"
+        )
+        parser.add_argument("--output-json", default=None, help="also write the results to this JSON file")
+
+    def execute(self, args: Namespace) -> None:
+        import time
+        from pathlib import Path
+
+        import torch
+
+        from .loading import load_model_and_tokenizer
+
+        tasks = _names(args.tasks)
+        if args.model is not None and not Path(args.model).is_dir():
+            raise BlockPruneError(
+                f"model folder not found: {args.model}; give a folder with config.json and weights"
+            )
+        for name in ("batch_size", "seq_len"):
+            if getattr(args, name) < 1:
+                raise BlockPruneError(f"--{name.replace('_', '-')} must be a positive integer")
+        data_source = args.data or ("demo" if not tasks else None)
+        manager = None
+        if tasks:  # before the model loads: unknown tasks and folders fail fast
+            from .lm_eval_tasks import offline, task_manager
+
+            with offline():
+                manager = task_manager(tasks, args.include_path)
+        t0 = time.perf_counter()
+        model, tokenizer, model_id = load_model_and_tokenizer(args.model, dtype=getattr(torch, args.dtype))
+        model.eval()
+        out: dict = {"model": model_id, "perplexity": None, "tasks": {}}
+        if data_source is not None:
+            from .evaluation import eval_data, perplexity
+
+            data = eval_data(tokenizer, data_source, args.text_column, args.seq_len, args.max_samples)
+            value = perplexity(model, data, args.batch_size, progress=True)
+            out["perplexity"] = {
+                "value": value,
+                "data": data_source,
+                "samples": len(data),
+                "tokens": data.num_tokens,
+            }
+        if tasks:
+            from .lm_eval_tasks import run_tasks
+
+            out["tasks"] = run_tasks(
+                model,
+                tokenizer,
+                tasks,
+                args.include_path,
+                batch_size=args.batch_size,
+                num_fewshot=args.num_fewshot,
+                limit=args.limit,
+                manager=manager,
+            )
+        out["seconds"] = round(time.perf_counter() - t0, 2)
+        print(_eval_table(out))
+        if args.output_json:
+            from .atomic import write_json_atomic
+
+            write_json_atomic(args.output_json, out)
+            print(f"results written to {args.output_json}")
+
+
+def _eval_table(out: dict) -> str:
+    """The evaluation results as a plain-text table."""
+    rows = [("model", "", str(out["model"]))]
+    ppl = out["perplexity"]
+    if ppl:
+        rows.append(("perplexity", f"{ppl['data']}, {ppl['tokens']} tokens", f"{ppl['value']:.3f}"))
+    for task, metrics in out["tasks"].items():
+        n = metrics.get("samples")
+        for metric, value in metrics.items():
+            if metric != "samples":
+                rows.append((task, metric + (f" ({n} samples)" if n is not None else ""), f"{value:.4f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(2)]
+    return "\n".join(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c}" for a, b, c in rows)
+
+
 class BlockPruneCommand(BaseOptimumCLICommand):
     COMMAND = CommandInfo(
         name="blockprune",
@@ -509,6 +642,7 @@ class BlockPruneCommand(BaseOptimumCLICommand):
         CommandInfo(name="prune", help=PruneCommand.COMMAND.help, subcommand_class=PruneCommand),
         CommandInfo(name="heal", help=HealCommand.COMMAND.help, subcommand_class=HealCommand),
         CommandInfo(name="report", help=ReportCommand.COMMAND.help, subcommand_class=ReportCommand),
+        CommandInfo(name="eval", help=EvalCommand.COMMAND.help, subcommand_class=EvalCommand),
     )
 
 

@@ -11,6 +11,7 @@ from optimum.configuration_utils import BaseConfig
 from .blocks import GRANULARITIES, KINDS, Block
 from .energy import ENERGY_VARIANTS
 from .errors import BlockPruneError
+from .methods import ENERGY_METHOD, METHODS
 
 DEFAULT_ENERGY = ENERGY_VARIANTS[0]
 
@@ -22,7 +23,9 @@ class BlockPruneConfig(BaseConfig):
     ``{"attn": 2, "mlp": 3}``; or ``ratio``: a fraction of the blocks) and/or a parameter budget
     (``target_params``: parameters the pruned model may keep at most; or ``param_ratio``: the
     fraction of the model's parameters to remove). ``removed_blocks`` is filled in by
-    :meth:`BlockPruner.prune` with the chosen block names.
+    :meth:`BlockPruner.prune` with the chosen block names. ``method`` chooses the blocks:
+    ``energy`` (this project's method, default) or one of the peers' baselines in ``METHODS``
+    (they need a block count, not a parameter budget).
     """
 
     CONFIG_NAME = "blockprune_config.json"
@@ -33,6 +36,7 @@ class BlockPruneConfig(BaseConfig):
     target_params: int | None = None
     param_ratio: float | None = None
     granularity: str = "layer"
+    method: str = ENERGY_METHOD
     energy: str = DEFAULT_ENERGY
     solver: str = "auto"
     top_k: int = 10
@@ -93,6 +97,8 @@ class BlockPruneConfig(BaseConfig):
             raise BlockPruneError(
                 f"granularity must be one of {', '.join(GRANULARITIES)}, got {self.granularity!r}"
             )
+        if self.method not in METHODS:
+            raise BlockPruneError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.energy not in ENERGY_VARIANTS:
             raise BlockPruneError(f"energy must be one of {', '.join(ENERGY_VARIANTS)}, got {self.energy!r}")
         for name in ("top_k", "num_samples", "batch_size"):

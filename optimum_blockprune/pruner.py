@@ -22,6 +22,7 @@ from .distributed import Processes
 from .energy import EnergyModel, penalise_overlaps
 from .errors import BlockPruneError
 from .gradients import gate_gradients
+from .methods import ENERGY_METHOD
 from .plugins import get_adapter
 from .scoring import LossScorer
 
@@ -42,6 +43,7 @@ class Selection:
     cost: dict[str, float] = field(default_factory=dict)
     #: The energy model of each round (what the report's heatmap and fields show).
     energies: list[EnergyModel] = field(default_factory=list)
+    method: str = "energy"
 
 
 @dataclass
@@ -190,6 +192,9 @@ class BlockPruner:
         from .rerank import rerank
         from .solvers import solution_names
 
+        if config.method != ENERGY_METHOD:
+            return self._select_baseline(config, progress, scorer)
+        t_start = time.perf_counter()
         blocks = self.blocks(config.granularity)
         names = [b.name for b in blocks]
         remove, min_params = config.removal_target(blocks, count_params(self.model))
@@ -264,7 +269,47 @@ class BlockPruner:
             "backward_passes": backward_passes,
             "calibration_tokens": data.num_tokens,
         }
+        cost["forward_passes"] = cost["forward_equivalents"]
+        cost["seconds"] = round(time.perf_counter() - t_start, 3)
         return Selection(sorted(chosen, key=names.index), dense_loss, pruned_loss, rounds, cost, energies)
+
+    def _select_baseline(
+        self, config: BlockPruneConfig, progress: bool, scorer: LossScorer | None
+    ) -> Selection:
+        """Choose blocks with a peer method (``config.method``); its cost excludes the dense and
+        pruned calibration losses measured for the report."""
+        from .baselines import select_baseline
+
+        blocks = self.blocks(config.granularity)
+        names = [b.name for b in blocks]
+        remove, min_params = config.removal_target(blocks, count_params(self.model))
+        if remove is None or min_params is not None:
+            raise BlockPruneError(
+                f"method {config.method!r} takes a block count (--remove or --ratio), not a parameter "
+                "budget; use --method energy for --target-params / --param-ratio"
+            )
+        data = self.calibration(config)
+        scorer = scorer or LossScorer(self.model, self.adapter, data, config.batch_size)
+        choice = select_baseline(
+            config.method,
+            self.model,
+            self.adapter,
+            data,
+            remove,
+            granularity=config.granularity,
+            protect=config.protect or (),
+            force=config.force or (),
+            batch_size=config.batch_size,
+            seed=config.seed,
+            progress=progress,
+            scorer=scorer,
+        )
+        scorer.set_base([])
+        dense_loss, pruned_loss = scorer.loss(), scorer.loss(choice.removed)
+        cost = {**choice.cost.as_dict(), "calibration_tokens": data.num_tokens}
+        return Selection(
+            sorted(choice.removed, key=names.index), dense_loss, pruned_loss, [], cost, method=config.method
+        )
 
     # ----------------------------------------------------------------- prune and save
     def prune(
@@ -299,6 +344,7 @@ class BlockPruner:
         report = {
             "model_id": self.model_id,
             "adapter": self.adapter.name,
+            "method": selection.method,
             "removed": selection.removed,
             "num_blocks": num_blocks,
             "parameters_before": params_before,
