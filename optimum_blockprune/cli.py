@@ -412,7 +412,9 @@ class HealCommand(_Leaf):
             default="demo",
             help="training text: 'demo' (calibration split), a .txt/.jsonl file or a saved datasets folder",
         )
-        parser.add_argument("--text-field", default="text", help="field holding the text in .jsonl / datasets")
+        parser.add_argument(
+            "--text-field", default="text", help="field holding the text in .jsonl / datasets"
+        )
         parser.add_argument("--output", "-o", default=None, help="folder for the healed model (required)")
         parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
         group = parser.add_argument_group("training")
@@ -423,7 +425,10 @@ class HealCommand(_Leaf):
             "--learning-rate", type=float, default=None, help="default: 1e-3 with LoRA, 1e-4 full fine-tuning"
         )
         group.add_argument(
-            "--alpha", type=float, default=0.5, help="weight of cross-entropy; 1 - alpha on distillation (0.5)"
+            "--alpha",
+            type=float,
+            default=0.5,
+            help="weight of cross-entropy; 1 - alpha on distillation (0.5)",
         )
         group.add_argument("--temperature", type=float, default=2.0, help="distillation temperature (2.0)")
         group.add_argument("--batch-size", type=int, default=8, help="blocks per step (default: 8)")
