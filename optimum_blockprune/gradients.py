@@ -27,7 +27,6 @@ from .chunked_loss import loss_and_backward
 from .distributed import Processes
 from .errors import BlockPruneError
 from .gates import Gates
-from .host_memory import retained_heap
 from .resume import PartialRows, sha256
 
 
@@ -51,8 +50,7 @@ def gate_gradients(
     gradient of the summed per-sample losses w.r.t. the [batch, blocks] gate matrix holds every
     sample's own gradient. Weights stay frozen: only the gates' gradients are ever stored.
     ``removed`` block positions have their gates at 0. The LM head and loss run over chunks of
-    positions (``chunked_loss.py``), so a batch's full logits never exist at once. On the CPU,
-    freed memory stays mapped between batches (``host_memory.py``).
+    positions (``chunked_loss.py``), so a batch's full logits never exist at once.
 
     ``checkpoint``: a partial file (see ``resume.py``) updated after every batch; with ``resume``
     an existing one of the same analysis is continued. ``gradient_checkpointing``: keep only
@@ -88,11 +86,7 @@ def gate_gradients(
         disable=not (progress and processes.is_main),
     )
     try:
-        with (
-            Gates(model, adapter, blocks) as gates,
-            _checkpointed(adapter, model, gradient_checkpointing),
-            retained_heap(device.type == "cpu"),
-        ):
+        with Gates(model, adapter, blocks) as gates, _checkpointed(adapter, model, gradient_checkpointing):
             for start in range(0, len(todo), processes.world):
                 mine = todo[start : start + processes.world]
                 k = mine[processes.rank] if processes.rank < len(mine) else None

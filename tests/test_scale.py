@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import platform
 import random
-import resource
 import signal
 import socket
 import subprocess
@@ -22,7 +20,6 @@ from conftest import CORPUS
 from optimum_blockprune.config import BlockPruneConfig
 from optimum_blockprune.energy import EnergyModel
 from optimum_blockprune.errors import BlockPruneError
-from optimum_blockprune.host_memory import retained_heap
 from optimum_blockprune.pruner import BlockPruner
 from optimum_blockprune.resume import PartialRows, partial_path
 
@@ -268,25 +265,3 @@ def test_each_launched_process_gets_its_own_share_of_the_gpus():
         rank_max_memory(0, 16, None, node)
     with pytest.raises(BlockPruneError, match="DEVICE=AMOUNT"):
         parse_max_memory("0:70GiB")
-
-
-def _resident_bytes() -> int:
-    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
-
-
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="retained_heap acts on glibc only")
-def test_retained_heap_keeps_freed_memory_mapped_and_gives_it_back_on_leaving():
-    def faults_of_one_batch() -> int:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        activations = torch.ones(16 * 1024 * 1024)  # 64 MiB: above glibc's largest mmap threshold
-        del activations
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-
-    with retained_heap() as active:
-        assert active
-        for _ in range(3):  # the heap grows to the batch's size once
-            faults_of_one_batch()
-        inside = [faults_of_one_batch() for _ in range(3)]
-        kept = _resident_bytes()
-    assert max(inside) < 500  # reused: no page of the 16,384 is touched afresh
-    assert _resident_bytes() < kept - 48 * 2**20  # on leaving, the freed 64 MiB go back to the kernel
