@@ -103,3 +103,34 @@ def tiny_arch_model(model_type: str, seed: int = 0):
             if p.dim() >= 2 and "emb" not in name and "wte" not in name and "wpe" not in name:
                 p.mul_(4.0)
     return model.eval()
+
+
+def gated_and_pruned(model, blocks, removed: list[str], ids: torch.Tensor):
+    """(logits with ``removed`` gated to zero, a physically pruned copy, its logits).
+
+    Asserts they agree within 1e-4: the check every architecture and every selector must pass."""
+    import copy
+
+    from optimum_blockprune.gates import Gates, removal_gates
+    from optimum_blockprune.plugins import get_adapter
+
+    names = [b.name for b in blocks]
+    with torch.no_grad(), Gates(model, get_adapter(model), blocks) as gates:
+        gates.values = removal_gates(len(blocks), [names.index(n) for n in removed])
+        gated = model(ids).logits
+    pruned = copy.deepcopy(model)
+    get_adapter(pruned).remove_blocks(pruned, removed)
+    with torch.no_grad():
+        physical = pruned(ids).logits
+    assert (physical - gated).abs().max() <= 1e-4, (removed, float((physical - gated).abs().max()))
+    return gated, pruned, physical
+
+
+def save_pruned_model(model, folder) -> None:
+    """Save ``model`` as the project does: branch-pruned checkpoints get their loud model type."""
+    from optimum_blockprune.checkpoint import mark_branch_pruned
+    from optimum_blockprune.surgery import layer_skips
+
+    model.save_pretrained(folder)
+    if layer_skips(model.config):
+        mark_branch_pruned(folder)

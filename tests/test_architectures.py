@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import copy
 import json
 
 import numpy as np
 import pytest
 import torch
-from architectures import ARCHITECTURES, tiny_arch_model
+from architectures import ARCHITECTURES, gated_and_pruned, save_pruned_model, tiny_arch_model
 
 from optimum_blockprune.blocks import parse_block_name
-from optimum_blockprune.checkpoint import load_pruned, mark_branch_pruned
+from optimum_blockprune.checkpoint import load_pruned
 from optimum_blockprune.errors import BlockPruneError
-from optimum_blockprune.gates import Gates, removal_gates
 from optimum_blockprune.plugins import get_adapter
 from optimum_blockprune.surgery import layer_skips
 
@@ -35,12 +33,6 @@ def removal_sets(blocks, rng, count=2):
     return sets
 
 
-def save(model, folder):
-    model.save_pretrained(folder)
-    if layer_skips(model.config):
-        mark_branch_pruned(folder)
-
-
 def greedy(model, cache: bool):
     return model.generate(
         IDS[:1, :6], max_new_tokens=6, do_sample=False, use_cache=cache, pad_token_id=0, eos_token_id=None
@@ -55,17 +47,9 @@ def test_pruned_equals_gated_and_round_trips(model_type, tmp_path):
     blocks = adapter.blocks(model, "mixed")
     rng = np.random.default_rng(0)
     for r, removed in enumerate(removal_sets(blocks, rng)):
-        positions = [b.name for b in blocks].index
-        with torch.no_grad(), Gates(model, adapter, blocks) as gates:
-            gates.values = removal_gates(len(blocks), [positions(n) for n in removed])
-            gated = model(IDS).logits
-        pruned = copy.deepcopy(model)
-        get_adapter(pruned).remove_blocks(pruned, removed)
-        with torch.no_grad():
-            physical = pruned(IDS).logits
-        assert (physical - gated).abs().max() <= 1e-4, (removed, float((physical - gated).abs().max()))
+        _, pruned, physical = gated_and_pruned(model, blocks, removed, IDS)
         folder = tmp_path / f"pruned{r}"
-        save(pruned, folder)
+        save_pruned_model(pruned, folder)
         reloaded = load_pruned(folder).eval()
         assert sum(p.numel() for p in reloaded.parameters()) == sum(p.numel() for p in pruned.parameters())
         with torch.no_grad():
@@ -92,7 +76,7 @@ def test_plain_transformers_refuses_branch_pruned_checkpoints_loudly(tmp_path):
 
     model = tiny_arch_model("llama")
     get_adapter(model).remove_blocks(model, ["layers.1.attn"])
-    save(model, tmp_path / "branch")
+    save_pruned_model(model, tmp_path / "branch")
     config = json.loads((tmp_path / "branch" / "config.json").read_text())
     assert config["model_type"] == "blockpruned_llama" and config["per_layer_config"] == {
         "1": {"skip": ["attention"]}
@@ -107,7 +91,7 @@ def test_whole_layer_removal_loads_with_stock_transformers(tmp_path):
     model = tiny_arch_model("gemma3_text")
     get_adapter(model).remove_blocks(model, ["layers.1", "layers.2.attn", "layers.2.mlp"])
     assert model.config.num_hidden_layers == 2 and not layer_skips(model.config)
-    save(model, tmp_path / "layers")
+    save_pruned_model(model, tmp_path / "layers")
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "layers").eval()
     with torch.no_grad():
         assert torch.equal(plain(IDS).logits, model(IDS).logits)
@@ -139,7 +123,7 @@ def test_moe_sparse_step_survives_renumbering(tmp_path):
     adapter = get_adapter(model)
     adapter.remove_blocks(model, ["layers.0"])
     assert model.config.decoder_sparse_step == 1 and model.config.mlp_only_layers == [1]
-    save(model, tmp_path)
+    save_pruned_model(model, tmp_path)
     reloaded = load_pruned(tmp_path).eval()
     assert [b.kind for b in adapter.blocks(reloaded, "sublayer")] == [
         "attn",

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from architectures import ARCHITECTURES, tiny_arch_model
+from architectures import ARCHITECTURES, gated_and_pruned, save_pruned_model, tiny_arch_model
 from conftest import tiny_model
 
 from optimum_blockprune.baselines import (
@@ -24,15 +24,14 @@ from optimum_blockprune.baselines import (
 )
 from optimum_blockprune.blocks import parse_block_name
 from optimum_blockprune.calibration import CalibrationData
-from optimum_blockprune.checkpoint import load_pruned, mark_branch_pruned
+from optimum_blockprune.checkpoint import load_pruned
 from optimum_blockprune.config import BlockPruneConfig
 from optimum_blockprune.errors import BlockPruneError
-from optimum_blockprune.gates import Gates, removal_gates
+from optimum_blockprune.gates import Gates
 from optimum_blockprune.methods import METHODS as METHOD_NAMES
 from optimum_blockprune.plugins import get_adapter
 from optimum_blockprune.pruner import BlockPruner
 from optimum_blockprune.scoring import per_sample_loss
-from optimum_blockprune.surgery import layer_skips
 
 IDS = torch.randint(3, 300, (4, 12), generator=torch.Generator().manual_seed(0))
 DATA = CalibrationData(IDS, torch.ones_like(IDS))
@@ -66,17 +65,8 @@ def test_every_baseline_gives_a_valid_configuration(model_type, method, tmp_path
     assert len(result.removed) == len(set(result.removed)) == 2
     assert set(result.removed) <= set(names)
     assert result.cost.forward_passes >= 0 and result.cost.seconds >= 0
-    with torch.no_grad(), Gates(model, adapter, blocks) as gates:
-        gates.values = removal_gates(len(blocks), [names.index(n) for n in result.removed])
-        gated = model(IDS).logits
-    pruned = copy.deepcopy(model)
-    get_adapter(pruned).remove_blocks(pruned, result.removed)
-    with torch.no_grad():
-        physical = pruned(IDS).logits
-    assert (physical - gated).abs().max() <= 1e-4
-    pruned.save_pretrained(tmp_path)
-    if layer_skips(pruned.config):
-        mark_branch_pruned(tmp_path)
+    _, pruned, physical = gated_and_pruned(model, blocks, result.removed, IDS)
+    save_pruned_model(pruned, tmp_path)
     with torch.no_grad():
         assert torch.equal(load_pruned(tmp_path).eval()(IDS).logits, physical)
 
