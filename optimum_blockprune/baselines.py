@@ -197,7 +197,8 @@ class Budget:
     """How many blocks of which kind to remove, which never (``protect``) and which always (``force``).
 
     ``remove`` is a total count or counts per kind (kinds not named are kept). In ``mixed``
-    granularity a layer and one of its own branches are never taken together.
+    granularity a layer and one of its own branches are never taken together, and a block is
+    never added when ``refuse`` (the adapter's ``removal_error``) gives a reason against the result.
     """
 
     def __init__(
@@ -206,8 +207,10 @@ class Budget:
         remove: int | Mapping[str, int],
         protect: Iterable[str] = (),
         force: Iterable[str] = (),
+        refuse: Callable[[list[str]], str | None] | None = None,
     ) -> None:
         self.blocks = list(blocks)
+        self.refuse = refuse
         self.names = [b.name for b in self.blocks]
         lookup = {n: k for k, n in enumerate(self.names)}
         for name in [*protect, *force]:
@@ -254,7 +257,7 @@ class Budget:
             other = self.blocks[j]
             if other.layer == block.layer and "layer" in (other.kind, block.kind):
                 return False
-        return True
+        return self.refuse is None or not self.refuse([self.blocks[j].name for j in [*chosen, k]])
 
     def candidates(self, chosen: Sequence[int]) -> list[int]:
         return [k for k in range(len(self.blocks)) if self.allowed(chosen, k)]
@@ -273,7 +276,7 @@ class Budget:
         if not self.full(chosen):
             raise BlockPruneError(
                 f"only {len(chosen)} of the {self.total} requested blocks can be removed "
-                "with these protect / per-kind settings; ask for fewer"
+                "with these protect / per-kind settings and the architecture's rules; ask for fewer"
             )
         return chosen
 
@@ -387,9 +390,16 @@ def _angular(request: Request, cost: Cost) -> tuple[list[int], list[float], list
     states = residual_states(request.model, request.adapter, request.data, request.batch_size)
     cost.forward_passes += 1
     d = angular_distances(states, n)
-    starts = [s for s in range(len(d)) if not any(k in budget.protect for k in range(s, s + n))]
+    starts = [
+        s
+        for s in range(len(d))
+        if not any(k in budget.protect for k in range(s, s + n))
+        and not (budget.refuse and budget.refuse([request.blocks[k].name for k in range(s, s + n)]))
+    ]
     if not starts:
-        raise BlockPruneError(f"no window of {n} layers avoids the protected blocks; protect fewer")
+        raise BlockPruneError(
+            f"no window of {n} layers avoids the protected blocks and the architecture's rules; remove fewer"
+        )
     best = min(starts, key=lambda s: (d[s], s))
     return list(range(best, best + n)), d.tolist(), []
 
@@ -497,7 +507,7 @@ def select_baseline(
             f"pass --granularity {spec.granularities[0]} or choose another method"
         )
     blocks = adapter.blocks(model, granularity)
-    budget = Budget(blocks, remove, protect, force)
+    budget = Budget(blocks, remove, protect, force, lambda names: adapter.removal_error(model, names))
     request = Request(model, adapter, data, blocks, budget, granularity, batch_size, seed, progress, scorer)
     cost, t0 = Cost(), time.perf_counter()
     chosen, scores, steps = spec.selector(request, cost)

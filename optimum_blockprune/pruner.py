@@ -226,22 +226,28 @@ class BlockPruner:
             pool = _cheapest_per_kind(energy, blocks, free, RECENTRE_POOL)
             # Intermediate rounds keep their ground state; only the last round's top-K is reranked
             # (measured on SmolLM2: reranking every round did 40% more work at M=8 and picked the same layers).
-            samples = self.solve(
-                penalise_overlaps(energy, conflicts) if conflicts else energy,
-                target,
-                min_params=target_params,
-                solver=config.solver,
-                top_k=config.top_k if last else 1,
-                protect=protect + exclude,
-                force=chosen,
-            )
-            keep = [not _overlaps(c, conflicts) for c in solution_names(samples)]
-            candidates = [c for c, k in zip(solution_names(samples), keep, strict=True) if k]
-            if not candidates:
-                raise BlockPruneError(
-                    "every candidate removes a layer together with one of its own branches; "
-                    "use --granularity layer or sublayer, or raise --top-k"
+            for top_k in dict.fromkeys([config.top_k if last else 1, config.top_k]):
+                samples = self.solve(
+                    penalise_overlaps(energy, conflicts) if conflicts else energy,
+                    target,
+                    min_params=target_params,
+                    solver=config.solver,
+                    top_k=top_k,
+                    protect=protect + exclude,
+                    force=chosen,
                 )
+                reasons = [self._refusal(c, conflicts) for c in solution_names(samples)]
+                keep = np.array([r is None for r in reasons])
+                if keep.any():  # an intermediate round whose ground state is refused retries with top-K
+                    break
+            if not keep.any():
+                raise BlockPruneError(
+                    f"every one of the {len(reasons)} lowest-energy candidates is refused ({reasons[0]}); "
+                    "raise --top-k or protect a block"
+                )
+            candidates = [c for c, k in zip(solution_names(samples), keep, strict=True) if k]
+            if not last:
+                candidates, keep = candidates[:1], keep & (np.cumsum(keep) == 1)
             scores = rerank(scorer, candidates, base=chosen, progress=progress)
             best = int(np.argmin(scores))
             chosen = candidates[best]
@@ -272,6 +278,15 @@ class BlockPruner:
         cost["forward_passes"] = cost["forward_equivalents"]
         cost["seconds"] = round(time.perf_counter() - t_start, 3)
         return Selection(sorted(chosen, key=names.index), dense_loss, pruned_loss, rounds, cost, energies)
+
+    def _refusal(self, removed: list[str], conflicts: list[tuple[str, str]]) -> str | None:
+        """Why a candidate cannot be removed: a layer with one of its own branches (``mixed``), or
+        the adapter's rule (see ``Adapter.removal_error``); None when it can."""
+        chosen = set(removed)
+        pair = next(((a, b) for a, b in conflicts if a in chosen and b in chosen), None)
+        if pair:
+            return f"{pair[0]} is removed together with its own branch {pair[1]}"
+        return self.adapter.removal_error(self.model, removed)
 
     def _select_baseline(
         self, config: BlockPruneConfig, progress: bool, scorer: LossScorer | None
@@ -422,8 +437,3 @@ def _cheapest_per_kind(energy: EnergyModel, blocks: list[Block], free: list[int]
         order = np.argsort(energy.fields[of_kind], kind="stable")[:size]
         pool += [blocks[of_kind[j]].name for j in order]
     return pool
-
-
-def _overlaps(removed: list[str], conflicts: list[tuple[str, str]]) -> bool:
-    chosen = set(removed)
-    return any(a in chosen and b in chosen for a, b in conflicts)

@@ -321,3 +321,56 @@ def test_prune_cli_method_flag(tmp_path, tiny_model_dir, text_file):
         "pass --granularity layer or choose another method"
     ]
     assert not (tmp_path / "bad").exists()
+
+
+# ------------------------------------------------------------------ the architecture's own rules
+
+
+@pytest.mark.parametrize("method", [*METHODS, "energy"])
+def test_no_method_removes_every_attention_layer_of_a_hybrid(method, tokenizer, corpus, tmp_path):
+    """Nemotron-H (layers 2 and 4 attention) cannot decode without one: 4 of its 5 layers removed
+    must keep one, whichever method chooses, and the result must prune and reload."""
+    model = copy.deepcopy(arch_model("nemotron_h"))
+    adapter = get_adapter(model)
+    granularity = "sublayer" if method == "blockpruner" else "layer"
+    if method == "energy":
+        text = tmp_path / "cal.txt"
+        text.write_text("\n\n".join(corpus))
+        config = BlockPruneConfig(
+            remove=4, granularity=granularity, calibration=str(text), num_samples=4, seq_len=12, batch_size=2
+        )
+        removed = BlockPruner(model, tokenizer, adapter).select(config).removed
+    else:
+        removed = select_baseline(method, model, adapter, DATA, 4, granularity=granularity).removed
+    assert len(set(removed)) == 4
+    assert adapter.removal_error(model, removed) is None
+    assert not {2, 4} <= {parse_block_name(n)[0] for n in removed}, removed
+    blocks = adapter.blocks(model, granularity)
+    _, pruned, physical = gated_and_pruned(model, blocks, removed, IDS)
+    save_pruned_model(pruned, tmp_path / "pruned")
+    with torch.no_grad():
+        assert torch.equal(load_pruned(tmp_path / "pruned").eval()(IDS).logits, physical)
+
+
+def test_energy_rounds_skip_a_ground_state_the_adapter_refuses(tokenizer, corpus, tmp_path):
+    """A round whose lowest-energy configuration the adapter refuses takes the lowest allowed one
+    instead, and the final choice is never refused."""
+    text = tmp_path / "cal.txt"
+    text.write_text("\n\n".join(corpus))
+    config = BlockPruneConfig(remove=3, calibration=str(text), num_samples=4, seq_len=12, batch_size=2)
+    model = tiny_model("llama", 6)
+    free = BlockPruner(model, tokenizer, get_adapter(model)).select(config)
+    first = free.rounds[0]["candidates"][free.rounds[0]["chosen"]]["removed"]
+    banned = first[0]
+
+    class Refusing(type(get_adapter(model))):
+        def removal_error(self, model, names):
+            return f"{banned} must stay" if banned in names else None
+
+    refusing = Refusing()
+    result = BlockPruner(model, tokenizer, refusing).select(config)
+    assert banned not in result.removed and len(result.removed) == 3
+    for round_ in result.rounds:
+        assert all(banned not in c["removed"] for c in round_["candidates"])
+    with pytest.raises(BlockPruneError, match=f"{banned} must stay"):
+        refusing.remove_blocks(copy.deepcopy(model), [banned])

@@ -29,7 +29,9 @@ def _kinds(names):
 def test_per_kind_counts_hold_and_pruned_checkpoint_reloads(tmp_path, tokenizer, corpus):
     model = tiny_arch_model("qwen3_moe")
     pruner = BlockPruner.from_pretrained(model, tokenizer=tokenizer)
-    config = _config(tmp_path, corpus, remove={"attn": 2, "moe": 1}, granularity="sublayer", energy="additive")
+    config = _config(
+        tmp_path, corpus, remove={"attn": 2, "moe": 1}, granularity="sublayer", energy="additive"
+    )
     result = pruner.prune(config, tmp_path / "out")
     assert _kinds(result.removed) == ["attn", "attn", "moe"]
     reloaded = load_pruned(tmp_path / "out").eval()
@@ -67,7 +69,9 @@ def test_mixed_granularity_never_removes_a_layer_and_its_own_branch(tmp_path, to
 
 def test_infeasible_budget_is_a_one_line_error(tmp_path, tokenizer, corpus):
     pruner = BlockPruner.from_pretrained(tiny_arch_model("llama"), tokenizer=tokenizer)
-    config = _config(tmp_path, corpus, remove={"attn": 1}, param_ratio=0.5, granularity="sublayer", energy="additive")
+    config = _config(
+        tmp_path, corpus, remove={"attn": 1}, param_ratio=0.5, granularity="sublayer", energy="additive"
+    )
     with pytest.raises(BlockPruneError, match="min_params") as info:
         pruner.select(config)
     assert "\n" not in str(info.value)
@@ -95,12 +99,25 @@ def test_cli_sublayer_prune_with_kind_counts_and_budget_errors(tmp_path, tiny_mo
     text.write_text("\n\n".join(CORPUS))
     common = ["--model", str(tiny_model_dir), "--calibration", str(text), *CAL, "--energy", "additive"]
     out = tmp_path / "out"
-    proc = run("prune", *common, "--granularity", "sublayer", "--remove", "attn=2,mlp=1", "--output", str(out))
+    proc = run(
+        "prune", *common, "--granularity", "sublayer", "--remove", "attn=2,mlp=1", "--output", str(out)
+    )
     assert proc.returncode == 0, proc.stderr
     assert _kinds(proc.stdout.split("blocks: ")[1].split("\n")[0].split()) == ["attn", "attn", "mlp"]
     assert load_pruned(out) is not None
-    bad = run("prune", *common, "--granularity", "sublayer", "--target-params", "1K", "--output", str(tmp_path / "x"))
+    bad = run(
+        "prune",
+        *common,
+        "--granularity",
+        "sublayer",
+        "--target-params",
+        "1K",
+        "--output",
+        str(tmp_path / "x"),
+    )
     assert_user_error(bad, "min_params")
     assert not (tmp_path / "x").exists()
     listing = run("analyze", "--list-adapters").stdout
-    assert {"llama", "gemma3", "gpt2", "moe", "nemotron_h", "generic"} <= {line.split("\t")[0] for line in listing.splitlines()}
+    assert {"llama", "gemma3", "gpt2", "moe", "nemotron_h", "generic"} <= {
+        line.split("\t")[0] for line in listing.splitlines()
+    }

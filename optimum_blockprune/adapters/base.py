@@ -90,6 +90,16 @@ class Adapter(ABC):
             if not isinstance(member, NoOp):
                 setattr(layer, attr, stand_in(role, member))
 
+    def removal_error(self, model: nn.Module, names: Iterable[str]) -> str | None:
+        """Why removing ``names`` together would leave a broken model, or None when it is fine.
+
+        Selectors skip configurations that get a reason here and surgery refuses them. The
+        default accepts everything; an adapter overrides it for rules of its architecture (one
+        the problem's per-kind counts cannot say, e.g. "keep at least one attention layer").
+        Adding blocks to a refused set must never make it acceptable again.
+        """
+        return None
+
     def remove_blocks(self, model: nn.Module, names: Iterable[str]) -> dict[str, list]:
         """Remove blocks (names with CURRENT layer indices) physically.
 
@@ -97,6 +107,7 @@ class Adapter(ABC):
         branches become no-op stand-ins recorded as ``skip`` in ``config.per_layer_config``.
         Returns ``{"deleted_layers": [...], "skipped": [[layer, kind], ...]}`` (current indices).
         """
+        names = list(names)
         layers = self.decoder_layers(model)
         delete: set[int] = set()
         branches: dict[int, set[str]] = defaultdict(set)
@@ -116,6 +127,9 @@ class Adapter(ABC):
                 )
             else:
                 branches[i].add(kind)
+        reason = self.removal_error(model, names)
+        if reason:
+            raise BlockPruneError(reason)
         skipped = []
         overrides = layer_overrides(model.config)
         for i, kinds in sorted(branches.items()):

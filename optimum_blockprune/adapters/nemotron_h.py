@@ -9,7 +9,6 @@ from collections.abc import Iterable
 from torch import nn
 
 from ..blocks import parse_block_name
-from ..errors import BlockPruneError
 from .base import Adapter
 
 #: Mixer class-name fragment -> block kind.
@@ -38,16 +37,16 @@ class NemotronHAdapter(Adapter):
     def final_norm(self, model: nn.Module) -> nn.Module:
         return model.get_decoder().norm_f
 
-    def remove_blocks(self, model: nn.Module, names: Iterable[str]) -> dict[str, list]:
-        """As the base, but refuses to remove every attention layer: transformers sizes the cache
-        from an attention layer, so a pure-Mamba remainder cannot decode with a cache."""
-        names = list(names)
-        layers = self.decoder_layers(model)
-        attention = {i for i, layer in enumerate(layers) if "attn" in self.branches(layer)}
-        gone = {parse_block_name(n)[0] for n in names if parse_block_name(n)[0] in attention}
+    def removal_error(self, model: nn.Module, names: Iterable[str]) -> str | None:
+        """Refuses to remove every attention layer: transformers sizes the cache from an
+        attention layer, so a pure-Mamba remainder cannot decode with a cache."""
+        attention = {
+            i for i, layer in enumerate(self.decoder_layers(model)) if "attn" in self.branches(layer)
+        }
+        gone = {parse_block_name(n)[0] for n in names} & attention
         if attention and gone >= attention:
-            raise BlockPruneError(
-                f"removing every attention layer ({', '.join(f'layers.{i}' for i in sorted(attention))}) leaves a "
-                "model that cannot decode with a cache; protect one of them"
+            return (
+                f"removing every attention layer ({', '.join(f'layers.{i}' for i in sorted(attention))}) "
+                "leaves a model that cannot decode with a cache; protect one of them"
             )
-        return super().remove_blocks(model, names)
+        return None

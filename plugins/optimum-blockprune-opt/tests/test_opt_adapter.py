@@ -49,13 +49,17 @@ def test_entry_point_registers_the_adapter():
 def test_cli_lists_the_plugin_adapter():
     cli = str(Path(sys.executable).with_name("optimum-cli"))
     proc = subprocess.run(
-        [cli, "blockprune", "analyze", "--list-adapters"], capture_output=True, text=True, env=dict(os.environ)
+        [cli, "blockprune", "analyze", "--list-adapters"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
     )
     assert proc.returncode == 0 and "opt\topt" in proc.stdout
 
 
 @pytest.mark.parametrize(
-    "removed", [["layers.1"], ["layers.0.attn"], ["layers.2.mlp", "layers.3.attn"], ["layers.1.attn", "layers.1.mlp"]]
+    "removed",
+    [["layers.1"], ["layers.0.attn"], ["layers.2.mlp", "layers.3.attn"], ["layers.1.attn", "layers.1.mlp"]],
 )
 def test_pruned_equals_gated_and_reloads(removed, tmp_path):
     from optimum_blockprune.checkpoint import mark_branch_pruned
@@ -80,7 +84,9 @@ def test_pruned_equals_gated_and_reloads(removed, tmp_path):
     with torch.no_grad():
         assert torch.equal(reloaded(IDS).logits, physical)
     cached = reloaded.generate(IDS[:1, :5], max_new_tokens=5, do_sample=False, pad_token_id=1)
-    uncached = reloaded.generate(IDS[:1, :5], max_new_tokens=5, do_sample=False, use_cache=False, pad_token_id=1)
+    uncached = reloaded.generate(
+        IDS[:1, :5], max_new_tokens=5, do_sample=False, use_cache=False, pad_token_id=1
+    )
     assert torch.equal(cached, uncached)
 
 
