@@ -13,7 +13,8 @@ round), ``additive``, and the gradient energies ``fisher`` and ``taylor``.
 
 Writes the JSON after every method, so an interrupted run still leaves its rows.
 
-    python benchmarks/methods.py [--ms 2,4,6,8,10] [--sublayers 4] [--num-samples 4] [--random 100]
+    python benchmarks/methods.py [--ms 2,4,6,8,10] [--sublayers 4,8,12] [--num-samples 8] [--random 100]
+    python benchmarks/methods.py --table benchmarks/results/methods.json   # reprint a result
 """
 
 from __future__ import annotations
@@ -82,16 +83,17 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--ms", default="2,4,6,8,10", help="layer counts")
-    parser.add_argument("--sublayers", default="4", help="sublayer (attention / MLP branch) counts")
+    parser.add_argument("--sublayers", default="4,8,12", help="sublayer (attention / MLP branch) counts")
     parser.add_argument("--methods", default=",".join(ORDER))
-    parser.add_argument("--num-samples", type=int, default=4, help="calibration blocks")
-    parser.add_argument("--seq-len", type=int, default=64, help="tokens per calibration block")
-    parser.add_argument("--heldout-samples", type=int, default=8)
-    parser.add_argument("--heldout-seq-len", type=int, default=64)
+    parser.add_argument("--num-samples", type=int, default=8, help="calibration blocks")
+    parser.add_argument("--seq-len", type=int, default=128, help="tokens per calibration block")
+    parser.add_argument("--heldout-samples", type=int, default=16)
+    parser.add_argument("--heldout-seq-len", type=int, default=128)
     parser.add_argument("--random", type=int, default=100, help="random configurations per M (Spearman)")
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument("--no-spearman", action="store_true")
     parser.add_argument("--out", default="benchmarks/results/methods.json")
+    parser.add_argument("--table", default=None, help="only print the tables of an earlier JSON result")
     parser.add_argument(
         "--merge",
         default=None,
@@ -99,6 +101,9 @@ def main() -> None:
         "--ms '' --sublayers 4) to --out, print the table and exit",
     )
     args = parser.parse_args()
+    if args.table:
+        print_table(json.loads(Path(args.table).read_text()))
+        return
     if args.merge:
         merge(Path(args.out), Path(args.merge))
         return
@@ -248,29 +253,40 @@ def _ppl(value: float) -> str:
 
 
 def print_table(results: dict) -> None:
+    """The results as markdown tables: perplexity per budget with the cost at the largest, then
+    the Spearman correlations."""
     print(
-        f"\nheld-out perplexity (dense {results['dense_perplexity']:.2f}); cost at the largest budget: "
-        "forward passes / backward passes / seconds"
+        f"\nheld-out perplexity (dense {results['dense_perplexity']:.2f}, {results['heldout_tokens']} tokens; "
+        f"calibration {results['calibration_tokens']} tokens)"
     )
     for granularity in ("layer", "sublayer"):
         rows = [r for r in results["rows"] if r["granularity"] == granularity]
         if not rows:
             continue
         sizes = sorted({r["removed"] for r in rows})
-        print(f"\n{granularity + ' (removed)':<20}" + "".join(f"{s:>10}" for s in sizes) + f"{'cost':>26}")
+        print(f"\n| method ({granularity}s removed) | " + " | ".join(map(str, sizes)), end="")
+        print(f" | cost at {sizes[-1]}: fwd / bwd / s |")
+        print("|---" * (len(sizes) + 2) + "|")
         for method in dict.fromkeys(r["method"] for r in rows):
             mine = {r["removed"]: r for r in rows if r["method"] == method}
-            cells = "".join(f"{_ppl(mine[s]['perplexity']):>10}" if s in mine else f"{'':>10}" for s in sizes)
+            best = {s: min(r["perplexity"] for r in rows if r["removed"] == s) for s in sizes}
+            cells = [
+                ("**{}**" if mine[s]["perplexity"] == best[s] else "{}").format(_ppl(mine[s]["perplexity"]))
+                if s in mine
+                else ""
+                for s in sizes
+            ]
             last = mine[max(mine)]
             cost = f"{last['forward_passes']:.1f} / {last['backward_passes']} / {last['seconds']:.0f}"
-            print(f"{method:<20}{cells}{cost:>26}")
+            print(f"| {method} | " + " | ".join(cells) + f" | {cost} |")
     if results["spearman"]:
         ms = sorted({r["M"] for r in results["spearman"]})
-        print("\nSpearman(energy, true calibration loss) over random configurations")
-        print(f"{'energy':<20}" + "".join(f"{'M=' + str(m):>10}" for m in ms))
+        print("\nSpearman(energy, true calibration loss) over random configurations of M layers\n")
+        print("| energy | " + " | ".join(f"M={m}" for m in ms) + " |")
+        print("|---" * (len(ms) + 1) + "|")
         for energy in dict.fromkeys(r["energy"] for r in results["spearman"]):
             vals = {r["M"]: r["rho"] for r in results["spearman"] if r["energy"] == energy}
-            print(f"{energy:<20}" + "".join(f"{vals[m]:>10.3f}" for m in ms))
+            print(f"| {energy} | " + " | ".join(f"{vals[m]:.3f}" for m in ms) + " |")
 
 
 if __name__ == "__main__":
