@@ -374,3 +374,11 @@ def test_energy_rounds_skip_a_ground_state_the_adapter_refuses(tokenizer, corpus
         assert all(banned not in c["removed"] for c in round_["candidates"])
     with pytest.raises(BlockPruneError, match=f"{banned} must stay"):
         refusing.remove_blocks(copy.deepcopy(model), [banned])
+
+    class RefusingAll(type(get_adapter(model))):
+        def removal_error(self, model, names):
+            return "nothing may go"
+
+    with pytest.raises(BlockPruneError, match=r"candidates is refused \(nothing may go\)") as info:
+        BlockPruner(model, tokenizer, RefusingAll()).select(config)
+    assert "\n" not in str(info.value)
