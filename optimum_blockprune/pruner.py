@@ -245,9 +245,9 @@ class BlockPruner:
                     f"every one of the {len(reasons)} lowest-energy candidates is refused ({reasons[0]}); "
                     "raise --top-k or protect a block"
                 )
+            if not last:  # an intermediate round keeps its lowest-energy allowed configuration
+                keep[np.flatnonzero(keep)[1:]] = False
             candidates = [c for c, k in zip(solution_names(samples), keep, strict=True) if k]
-            if not last:
-                candidates, keep = candidates[:1], keep & (np.cumsum(keep) == 1)
             scores = rerank(scorer, candidates, base=chosen, progress=progress)
             best = int(np.argmin(scores))
             chosen = candidates[best]
