@@ -72,7 +72,14 @@ ARCHITECTURES: dict[str, tuple[str, dict]] = {
         "nemotron_h",
         dict(
             COMMON,
-            layers_block_type=["linear_attention", "moe", "full_attention", "mlp", "full_attention"],
+            layers_block_type=[
+                "linear_attention",
+                "moe",
+                "full_attention",
+                "linear_attention",
+                "mlp",
+                "full_attention",
+            ],
             head_dim=8,
             mamba_num_heads=4,
             mamba_head_dim=16,

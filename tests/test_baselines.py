@@ -328,8 +328,9 @@ def test_prune_cli_method_flag(tmp_path, tiny_model_dir, text_file):
 
 @pytest.mark.parametrize("method", [*METHODS, "energy"])
 def test_no_method_removes_every_attention_layer_of_a_hybrid(method, tokenizer, corpus, tmp_path):
-    """Nemotron-H (layers 2 and 4 attention) cannot decode without one: 4 of its 5 layers removed
-    must keep one, whichever method chooses, and the result must prune and reload."""
+    """Nemotron-H (layers 2 and 5 attention) cannot decode without one, nor with its MoE layer 1
+    first: 4 of its 6 layers removed must keep an attention layer and layer 0, whichever method
+    chooses, and the result must prune and reload."""
     model = copy.deepcopy(arch_model("nemotron_h"))
     adapter = get_adapter(model)
     granularity = "sublayer" if method == "blockpruner" else "layer"
@@ -344,7 +345,8 @@ def test_no_method_removes_every_attention_layer_of_a_hybrid(method, tokenizer, 
         removed = select_baseline(method, model, adapter, DATA, 4, granularity=granularity).removed
     assert len(set(removed)) == 4
     assert adapter.removal_error(model, removed) is None
-    assert not {2, 4} <= {parse_block_name(n)[0] for n in removed}, removed
+    gone = {parse_block_name(n)[0] for n in removed}
+    assert not {2, 5} <= gone and 0 not in gone, removed
     blocks = adapter.blocks(model, granularity)
     _, pruned, physical = gated_and_pruned(model, blocks, removed, IDS)
     save_pruned_model(pruned, tmp_path / "pruned")

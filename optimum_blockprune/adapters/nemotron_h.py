@@ -13,6 +13,8 @@ from .base import Adapter
 
 #: Mixer class-name fragment -> block kind.
 _MIXER_KINDS = (("Mamba", "mamba"), ("Attention", "attn"), ("MoE", "moe"), ("MLP", "mlp"))
+#: Kinds whose layers hold a cache entry (the others get transformers' ``DummyLayer``).
+_CACHED_KINDS = ("mamba", "attn")
 
 
 class NemotronHAdapter(Adapter):
@@ -38,15 +40,33 @@ class NemotronHAdapter(Adapter):
         return model.get_decoder().norm_f
 
     def removal_error(self, model: nn.Module, names: Iterable[str]) -> str | None:
-        """Refuses to remove every attention layer: transformers sizes the cache from an
-        attention layer, so a pure-Mamba remainder cannot decode with a cache."""
-        attention = {
-            i for i, layer in enumerate(self.decoder_layers(model)) if "attn" in self.branches(layer)
-        }
-        gone = {parse_block_name(n)[0] for n in names} & attention
+        """Refuses configurations the cached forward of transformers cannot run.
+
+        * Every attention layer gone: transformers sizes the cache from an attention layer, so a
+          pure-Mamba remainder cannot decode with a cache.
+        * An MoE or MLP layer (no cache entry) moved to the front: ``DynamicCache.get_seq_length()``
+          reads layer 0, and for such a layer transformers >= 5.25 raises "'DummyLayer' object has
+          no attribute 'get_seq_length'" on every forward with ``use_cache=True`` (an upstream bug:
+          a stock config whose first layer is "moe" fails the same way). Checked as its monotone
+          closure (no cache-less layer may lose every layer before it), so that adding blocks to a
+          refused set never makes it acceptable again.
+        """
+        kinds = [self.mixer_kind(layer.mixer) for layer in self.decoder_layers(model)]
+        gone = {parse_block_name(n)[0] for n in names}
+        attention = {i for i, kind in enumerate(kinds) if kind == "attn"}
         if attention and gone >= attention:
             return (
                 f"removing every attention layer ({', '.join(f'layers.{i}' for i in sorted(attention))}) "
                 "leaves a model that cannot decode with a cache; protect one of them"
             )
+        if kinds and kinds[0] in _CACHED_KINDS:
+            j = 0
+            while j in gone and j + 1 < len(kinds):
+                j += 1
+                if kinds[j] not in _CACHED_KINDS:
+                    return (
+                        f"removing every layer before layers.{j} ({kinds[j]}, no cache) would put it first, "
+                        "and transformers cannot run a Nemotron-H whose first layer has no cache; "
+                        f"protect layers.{j - 1}"
+                    )
         return None
