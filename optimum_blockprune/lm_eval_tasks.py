@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from .errors import BlockPruneError
+from .errors import BlockPruneError, require_extra
 
 _OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
@@ -53,6 +53,7 @@ def task_manager(tasks: Sequence[str], include_path: Sequence[str | Path] = ()) 
     """An lm-eval TaskManager that knows every task in ``tasks`` (one-line error otherwise).
 
     lm-eval's built-in tasks are indexed only when a task is not found in ``include_path``."""
+    require_extra("lm_eval", "eval", "evaluating lm-eval tasks (--tasks)")
     from lm_eval.tasks import TaskManager
 
     paths = [str(p) for p in include_path]
@@ -96,6 +97,7 @@ def run_tasks(
     filter suffix; standard errors are not computed). ``manager``: a :func:`task_manager` to reuse."""
     if not tasks:
         raise BlockPruneError("no lm-eval task given; pass --tasks NAME[,NAME...]")
+    require_extra("lm_eval", "eval", "evaluating lm-eval tasks (--tasks)")
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
