@@ -10,10 +10,10 @@ import torch
 from architectures import ARCHITECTURES, gated_and_pruned, save_pruned_model, tiny_arch_model
 
 from optimum_blockprune.blocks import parse_block_name
-from optimum_blockprune.checkpoint import load_pruned
 from optimum_blockprune.errors import BlockPruneError
-from optimum_blockprune.plugins import get_adapter
-from optimum_blockprune.surgery import layer_skips
+from optimum_blockprune.model.pruned_format import load_pruned
+from optimum_blockprune.model.registry import get_adapter
+from optimum_blockprune.model.surgery import layer_skips
 
 IDS = torch.randint(3, 300, (2, 10), generator=torch.Generator().manual_seed(0))
 

@@ -15,23 +15,23 @@ import torch.nn.functional as F
 from architectures import ARCHITECTURES, gated_and_pruned, save_pruned_model, tiny_arch_model
 from conftest import tiny_model
 
-from optimum_blockprune.baselines import (
-    METHODS,
+from optimum_blockprune.blocks import parse_block_name
+from optimum_blockprune.config import BlockPruneConfig
+from optimum_blockprune.data.calibration import CalibrationData
+from optimum_blockprune.energy.scoring import per_sample_loss
+from optimum_blockprune.errors import BlockPruneError
+from optimum_blockprune.model.gates import Gates
+from optimum_blockprune.model.pruned_format import load_pruned
+from optimum_blockprune.model.registry import get_adapter
+from optimum_blockprune.pruner import BlockPruner
+from optimum_blockprune.selection import methods
+from optimum_blockprune.selection.baselines import (
+    BASELINES,
     angular_distances,
     residual_states,
     select_baseline,
     similarity_scores,
 )
-from optimum_blockprune.blocks import parse_block_name
-from optimum_blockprune.calibration import CalibrationData
-from optimum_blockprune.checkpoint import load_pruned
-from optimum_blockprune.config import BlockPruneConfig
-from optimum_blockprune.errors import BlockPruneError
-from optimum_blockprune.gates import Gates
-from optimum_blockprune.methods import METHODS as METHOD_NAMES
-from optimum_blockprune.plugins import get_adapter
-from optimum_blockprune.pruner import BlockPruner
-from optimum_blockprune.scoring import per_sample_loss
 
 IDS = torch.randint(3, 300, (4, 12), generator=torch.Generator().manual_seed(0))
 DATA = CalibrationData(IDS, torch.ones_like(IDS))
@@ -50,15 +50,15 @@ def loss(model, data: CalibrationData = DATA) -> float:
 
 
 def test_registry_lists_every_method():
-    assert METHOD_NAMES == ("energy", *METHODS)
+    assert tuple(methods()) == ("energy", *BASELINES)
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", list(BASELINES))
 @pytest.mark.parametrize("model_type", list(ARCHITECTURES))
 def test_every_baseline_gives_a_valid_configuration(model_type, method, tmp_path):
     model = arch_model(model_type)
     adapter = get_adapter(model)
-    granularity = METHODS[method].granularities[0]
+    granularity = BASELINES[method].granularities[0]
     blocks = adapter.blocks(model, granularity)
     names = [b.name for b in blocks]
     result = select_baseline(method, model, adapter, DATA, 2, granularity=granularity)
@@ -71,7 +71,7 @@ def test_every_baseline_gives_a_valid_configuration(model_type, method, tmp_path
         assert torch.equal(load_pruned(tmp_path).eval()(IDS).logits, physical)
 
 
-@pytest.mark.parametrize("method", [m for m, spec in METHODS.items() if "sublayer" in spec.granularities])
+@pytest.mark.parametrize("method", [m for m, spec in BASELINES.items() if "sublayer" in spec.granularities])
 def test_counts_per_kind_protect_and_force(method):
     model = arch_model("llama")
     adapter = get_adapter(model)
@@ -326,7 +326,7 @@ def test_prune_cli_method_flag(tmp_path, tiny_model_dir, text_file):
 # ------------------------------------------------------------------ the architecture's own rules
 
 
-@pytest.mark.parametrize("method", [*METHODS, "energy"])
+@pytest.mark.parametrize("method", [*BASELINES, "energy"])
 def test_no_method_removes_every_attention_layer_of_a_hybrid(method, tokenizer, corpus, tmp_path):
     """Nemotron-H (layers 2 and 4 attention) cannot decode without one: 4 of its 5 layers removed
     must keep one, whichever method chooses, and the result must prune and reload."""

@@ -9,15 +9,15 @@ import dimod
 import numpy as np
 import pytest
 
-from optimum_blockprune.energy import EnergyModel
+from optimum_blockprune.energy.model import EnergyModel
 from optimum_blockprune.errors import BlockPruneError
-from optimum_blockprune.problem import Problem, build_problem
 from optimum_blockprune.solvers import SolverSampler, solution_names
-from optimum_blockprune.solvers.bnb import BranchAndBoundSolver
-from optimum_blockprune.solvers.dwave import TabuSolver
-from optimum_blockprune.solvers.exhaustive import ExhaustiveSolver
-from optimum_blockprune.solvers.qp import NodeQP, project_capped_simplex
-from optimum_blockprune.solvers.sdp import dnn
+from optimum_blockprune.solvers.exact.bnb import BranchAndBoundSolver
+from optimum_blockprune.solvers.exact.exhaustive import ExhaustiveSolver
+from optimum_blockprune.solvers.exact.qp import NodeQP, project_capped_simplex
+from optimum_blockprune.solvers.exact.sdp import dnn
+from optimum_blockprune.solvers.heuristic.dwave import TabuSolver
+from optimum_blockprune.solvers.problem import Problem, build_problem
 
 
 def names(n: int, kinds: tuple[str, ...] = ("layer",)) -> list[str]:
@@ -246,9 +246,9 @@ def test_the_sampler_refuses_constraints_a_problem_cannot_express() -> None:
 
 # --------------------------------------------------------------------- independent certifier
 def test_bnb_agrees_with_the_cpsat_certifier_when_it_is_installed() -> None:
-    from optimum_blockprune import plugins
+    from optimum_blockprune.solvers.registry import solvers
 
-    if "cpsat" not in plugins.solvers():
+    if "cpsat" not in solvers():
         pytest.skip("the optimum-blockprune-cpsat plugin is not installed")
     rng = np.random.default_rng(11)
     for energy, request in (
@@ -256,7 +256,7 @@ def test_bnb_agrees_with_the_cpsat_certifier_when_it_is_installed() -> None:
         (indefinite(16, rng, kinds=("attn", "mlp")), {"remove": {"attn": 2, "mlp": 2}, "min_params": 9_000}),
     ):
         problem = build_problem(energy, **request)
-        certified = plugins.solvers()["cpsat"].sample(problem, top_k=5, time_limit=60)
+        certified = solvers()["cpsat"].sample(problem, top_k=5, time_limit=60)
         result = BranchAndBoundSolver().sample(problem, top_k=5, leaf_size=16, local_starts=0)
         assert certified.info["optimal"] is True and result.info["optimal"] is True
         np.testing.assert_allclose(

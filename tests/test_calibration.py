@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from optimum_blockprune import BlockPruneError
-from optimum_blockprune.calibration import build_calibration, load_texts
+from optimum_blockprune.data.calibration import build_calibration, load_texts
 
 
 def test_packed_samples_have_no_padding_and_follow_the_text(tokenizer, corpus):

@@ -11,10 +11,10 @@ import torch
 from conftest import CORPUS, tiny_model
 from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
-from optimum_blockprune.callbacks import BlockPruneMetadataCallback, GradualRemovalCallback
 from optimum_blockprune.config import BlockPruneConfig
 from optimum_blockprune.errors import BlockPruneError
 from optimum_blockprune.healing import healing_dataset
+from optimum_blockprune.healing.callbacks import BlockPruneMetadataCallback, GradualRemovalCallback
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ class Snapshot(TrainerCallback):
 def test_gradual_removal_in_a_plain_trainer(tmp_path, tokenizer, text_file, train_data):
     from transformers import AutoModelForCausalLM
 
-    from optimum_blockprune.plugins import get_adapter
+    from optimum_blockprune.model.registry import get_adapter
     from optimum_blockprune.pruner import BlockPruner
 
     model = tiny_model("llama", 6)
@@ -122,7 +122,7 @@ def test_gradual_removal_in_a_plain_trainer(tmp_path, tokenizer, text_file, trai
 
 
 def _remove(config: BlockPruneConfig, n: int) -> BlockPruneConfig:
-    from optimum_blockprune.callbacks import _with
+    from optimum_blockprune.healing.callbacks import _with
 
     return _with(config, remove=n)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from optimum_blockprune.energy import EnergyModel
+from optimum_blockprune.energy.model import EnergyModel
 
 CLI = str(Path(sys.executable).with_name("optimum-cli"))
 CAL = ["--num-samples", "4", "--seq-len", "16", "--batch-size", "2"]

@@ -10,21 +10,21 @@ import pytest
 import torch
 from test_surgery import RELOAD
 
-from optimum_blockprune.adapters.llama import LlamaAdapter
-from optimum_blockprune.gates import Gates, removal_gates
+from optimum_blockprune.model.adapters.llama import LlamaAdapter
+from optimum_blockprune.model.gates import Gates, removal_gates
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def demo_path():
-    from optimum_blockprune.demo_assets import demo_model_path
+    from optimum_blockprune.data.demo_assets import demo_model_path
 
     return demo_model_path()
 
 
 def test_demo_corpus_splits_are_disjoint():
-    from optimum_blockprune.demo_assets import demo_texts
+    from optimum_blockprune.data.demo_assets import demo_texts
 
     calibration, heldout = demo_texts("calibration"), demo_texts("heldout")
     assert len(heldout) > 900 and len(calibration) > 8 * len(heldout)

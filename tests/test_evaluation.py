@@ -14,9 +14,9 @@ import pytest
 import torch
 from conftest import tiny_model
 
+from optimum_blockprune.energy.scoring import token_losses
 from optimum_blockprune.errors import BlockPruneError
-from optimum_blockprune.evaluation import eval_data, perplexity
-from optimum_blockprune.scoring import token_losses
+from optimum_blockprune.output.evaluation import eval_data, perplexity
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ROOT / "examples" / "lm_eval_tasks"
@@ -113,7 +113,7 @@ def no_network(monkeypatch):
 
 
 def test_local_lm_eval_task_runs_offline(tokenizer, no_network):
-    from optimum_blockprune.lm_eval_tasks import run_tasks
+    from optimum_blockprune.output.lm_eval import run_tasks
 
     before = os.environ.get("HF_DATASETS_OFFLINE")
     results = run_tasks(tiny_model("llama", 2), tokenizer, ["blockprune_mc"], [TASKS], batch_size=16)
@@ -167,7 +167,7 @@ def test_eval_cli_one_line_errors(tmp_path):
 
 
 def test_unknown_task_is_a_one_line_error():
-    from optimum_blockprune.lm_eval_tasks import task_manager
+    from optimum_blockprune.output.lm_eval import task_manager
 
     with pytest.raises(BlockPruneError, match="unknown lm-eval task 'no_such_task'") as info:
         task_manager(["blockprune_mc", "no_such_task"], [TASKS])

@@ -7,11 +7,11 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from optimum_blockprune.adapters.llama import LlamaAdapter
-from optimum_blockprune.calibration import build_calibration
-from optimum_blockprune.gates import Gates, removal_gates
-from optimum_blockprune.gradients import gate_gradients
-from optimum_blockprune.scoring import LossScorer, per_sample_loss
+from optimum_blockprune.data.calibration import build_calibration
+from optimum_blockprune.energy.gradients import gate_gradients
+from optimum_blockprune.energy.scoring import LossScorer, per_sample_loss
+from optimum_blockprune.model.adapters.llama import LlamaAdapter
+from optimum_blockprune.model.gates import Gates, removal_gates
 
 
 @pytest.mark.parametrize("pack", [True, False])

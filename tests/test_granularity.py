@@ -8,9 +8,9 @@ from architectures import tiny_arch_model
 from test_cli import CAL, assert_user_error, run
 
 from optimum_blockprune import BlockPruneError, load_pruned
-from optimum_blockprune.adapters.base import count_params
 from optimum_blockprune.blocks import overlapping_blocks, parse_block_name
 from optimum_blockprune.config import BlockPruneConfig, parse_params, parse_remove
+from optimum_blockprune.model.adapters.base import count_params
 from optimum_blockprune.pruner import BlockPruner
 
 IDS = torch.randint(3, 300, (2, 12), generator=torch.Generator().manual_seed(1))

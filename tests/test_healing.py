@@ -147,7 +147,7 @@ def test_heal_distils_merges_and_saves_a_pruned_model(
 ):
     from transformers import AutoModelForCausalLM
 
-    from optimum_blockprune.evaluation import heldout_data, perplexity
+    from optimum_blockprune.output.evaluation import heldout_data, perplexity
 
     before = AutoModelForCausalLM.from_pretrained(pruned_dir)
     teacher = AutoModelForCausalLM.from_pretrained(tiny_model_dir)

@@ -8,9 +8,9 @@ import dimod
 import numpy as np
 import pytest
 
-from optimum_blockprune.energy import EnergyModel
+from optimum_blockprune.energy.model import EnergyModel
 from optimum_blockprune.errors import BlockPruneError
-from optimum_blockprune.problem import REMOVE_COUNT, build_problem
+from optimum_blockprune.solvers.problem import REMOVE_COUNT, build_problem
 
 
 def names(n: int) -> list[str]:

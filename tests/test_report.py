@@ -15,18 +15,18 @@ from test_cli import assert_user_error, run
 
 from optimum_blockprune import BlockPruneError
 from optimum_blockprune.config import BlockPruneConfig
-from optimum_blockprune.energy import EnergyModel
+from optimum_blockprune.energy.model import EnergyModel
+from optimum_blockprune.output.report.build import build_report
 from optimum_blockprune.pruner import BlockPruner
-from optimum_blockprune.report import build_report
 
 PLOTS = ("coupling", "fields", "spectrum", "removal_map", "loss_vs_energy", "perplexity")
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None)
 
 
-def _prune(folder: Path, text: Path, tokenizer, **kw):
+def _prune(folder: Path, text: Path, tokenizer, write_report: bool = True, **kw):
     config = BlockPruneConfig(calibration=str(text), num_samples=4, seq_len=16, batch_size=2, top_k=5, **kw)
     pruner = BlockPruner.from_pretrained(tiny_model("llama", 6), tokenizer=tokenizer)
-    return pruner.prune(config, folder, write_report=kw.pop("write_report", True))
+    return pruner.prune(config, folder, write_report=write_report)
 
 
 @pytest.fixture(scope="module")
@@ -163,8 +163,8 @@ def test_model_card_names_removed_blocks_and_loads(pruned):
 
 
 def test_base_model_is_a_hub_id_only():
-    from optimum_blockprune.demo_assets import DEMO_MODEL, cache_dir
-    from optimum_blockprune.modelcard import DEMO_HUB_ID, base_model_id
+    from optimum_blockprune.data.demo_assets import DEMO_MODEL, cache_dir
+    from optimum_blockprune.output.modelcard import DEMO_HUB_ID, base_model_id
 
     assert base_model_id("HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB/SmolLM2-135M"
     assert base_model_id("./my-model") is None and base_model_id("") is None
@@ -233,7 +233,7 @@ def test_bad_inputs_give_one_line_errors_and_write_nothing(pruned, tmp_path):
 
 
 def test_load_run_rejects_reports_without_rounds(tmp_path):
-    from optimum_blockprune.runinfo import load_run
+    from optimum_blockprune.output.layout import load_run
 
     (tmp_path / "blockprune_config.json").write_text("{}")
     (tmp_path / "blockprune_report.json").write_text('{"removed": ["layers.1"]}')
@@ -246,7 +246,7 @@ def test_load_run_rejects_reports_without_rounds(tmp_path):
 
 def test_model_card_of_a_folder_without_selection_rounds(tmp_path):
     """Folders written by save_pruned without a selection (e.g. the healing benchmark) get a card too."""
-    from optimum_blockprune.modelcard import card_metadata, write_model_card
+    from optimum_blockprune.output.modelcard import card_metadata, write_model_card
 
     (tmp_path / "blockprune_config.json").write_text(
         '{"remove": 2, "removed_blocks": ["layers.1", "layers.3"]}'

@@ -18,10 +18,10 @@ import torch.utils.checkpoint
 from conftest import CORPUS
 
 from optimum_blockprune.config import BlockPruneConfig
-from optimum_blockprune.energy import EnergyModel
+from optimum_blockprune.energy.model import EnergyModel
+from optimum_blockprune.energy.partial import PartialRows, partial_path
 from optimum_blockprune.errors import BlockPruneError
 from optimum_blockprune.pruner import BlockPruner
-from optimum_blockprune.resume import PartialRows, partial_path
 
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
 ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
@@ -181,10 +181,10 @@ def test_bfloat16_weights_give_finite_float64_gate_gradients(tiny_model_dir, tex
 def test_lm_head_in_chunks_gives_the_full_logits_loss_and_gradients(tokenizer, corpus, monkeypatch, pack):
     from conftest import tiny_model
 
-    from optimum_blockprune import chunked_loss
-    from optimum_blockprune.adapters.llama import LlamaAdapter
-    from optimum_blockprune.calibration import build_calibration
-    from optimum_blockprune.gradients import gate_gradients
+    from optimum_blockprune.data.calibration import build_calibration
+    from optimum_blockprune.energy import chunked_loss
+    from optimum_blockprune.energy.gradients import gate_gradients
+    from optimum_blockprune.model.adapters.llama import LlamaAdapter
 
     model, adapter = tiny_model("llama", 4), LlamaAdapter()
     blocks = adapter.blocks(model)
@@ -201,7 +201,7 @@ def test_lm_head_in_chunks_gives_the_full_logits_loss_and_gradients(tokenizer, c
 
 @pytest.mark.parametrize("per_sample", [True, False])
 def test_gate_gradients_are_summed_in_float32_under_bfloat16_activations(per_sample):
-    from optimum_blockprune.gates import _scaled
+    from optimum_blockprune.model.gates import _scaled
 
     torch.manual_seed(0)
     hidden = torch.randn(3, 64, 128).to(torch.bfloat16)
@@ -251,7 +251,7 @@ def test_placement_mistakes_give_one_line_errors(tiny_model_dir):
 
 
 def test_each_launched_process_gets_its_own_share_of_the_gpus():
-    from optimum_blockprune.loading import parse_max_memory, rank_max_memory
+    from optimum_blockprune.model.loading import parse_max_memory, rank_max_memory
 
     node = {**{g: 80 * 2**30 for g in range(8)}, "cpu": 1000 * 2**30}
     assert rank_max_memory(1, 4, available=node) == {2: 80 * 2**30, 3: 80 * 2**30, "cpu": 250 * 2**30}

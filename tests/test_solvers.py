@@ -9,13 +9,14 @@ import dimod
 import numpy as np
 import pytest
 
-from optimum_blockprune import plugins
-from optimum_blockprune.energy import EnergyModel
+from optimum_blockprune.energy.model import EnergyModel
 from optimum_blockprune.errors import BlockPruneError
-from optimum_blockprune.problem import Problem, build_problem
-from optimum_blockprune.solvers import exhaustive, solution_names, solve
-from optimum_blockprune.solvers.dwave import TabuSolver
-from optimum_blockprune.solvers.exhaustive import ExhaustiveSolver
+from optimum_blockprune.solvers import solution_names, solve
+from optimum_blockprune.solvers.exact import exhaustive
+from optimum_blockprune.solvers.exact.exhaustive import ExhaustiveSolver
+from optimum_blockprune.solvers.heuristic.dwave import TabuSolver
+from optimum_blockprune.solvers.problem import Problem, build_problem
+from optimum_blockprune.solvers.registry import solvers
 
 SOLVERS = ("exhaustive", "bnb", "tabu", "sa", "auto")
 
@@ -76,7 +77,7 @@ def assert_valid(result: dimod.SampleSet, problem: Problem, top_k: int, solver: 
 
 
 def test_builtin_solvers_are_registered() -> None:
-    registry = plugins.solvers()
+    registry = solvers()
     assert set(SOLVERS) <= set(registry)
     assert all(registry[name].name == name for name in SOLVERS)
 
@@ -126,7 +127,7 @@ def test_every_solver_honours_the_contract(solver) -> None:
     rng = np.random.default_rng(11)
     energy = psd_energy(16, rng)
     problem = build_problem(energy, 5, protect=["layers.0", "layers.15"], force=["layers.7"])
-    result = plugins.solvers()[solver].sample(problem, top_k=8)
+    result = solvers()[solver].sample(problem, top_k=8)
     assert_valid(result, problem, 8, solver)
     best = brute_force(problem)[0]
     assert result.first.energy == pytest.approx(best[0])
@@ -308,7 +309,7 @@ def test_every_solver_returns_feasible_rows_for_every_constraint_kind(
     rng = np.random.default_rng(7 + len(str(request_)))
     energy = sublayer_energy(7, rng)
     problem = build_problem(energy, **request_, protect=protect, force=force)
-    result = plugins.solvers()[solver].sample(problem, top_k=6)
+    result = solvers()[solver].sample(problem, top_k=6)
     assert_valid(result, problem, 6, solver)
     assert result.first.energy == pytest.approx(brute_force_general(problem)[0][0])
 

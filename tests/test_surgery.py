@@ -11,8 +11,8 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from optimum_blockprune.adapters.llama import LlamaAdapter
-from optimum_blockprune.gates import Gates, removal_gates
+from optimum_blockprune.model.adapters.llama import LlamaAdapter
+from optimum_blockprune.model.gates import Gates, removal_gates
 
 ARCHS = ["llama", "mistral", "qwen2", "qwen3"]
 REMOVALS = [[0], [2, 3], [1, 4, 5]]
