@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import tiny_model
-from test_cli import assert_user_error, run
+from helpers import assert_user_error, run
 
 from optimum_blockprune import BlockPruneError
 from optimum_blockprune.config import BlockPruneConfig

@@ -18,7 +18,7 @@ from optimum_blockprune.energy.scoring import token_losses
 from optimum_blockprune.errors import BlockPruneError
 from optimum_blockprune.output.evaluation import eval_data, perplexity
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TASKS = ROOT / "examples" / "lm_eval_tasks"
 QUESTIONS = len((TASKS / "blockprune_mc" / "questions.jsonl").read_text().splitlines())
 CLI = str(Path(sys.executable).with_name("optimum-cli"))

@@ -3,32 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import CAL, CLI, assert_user_error, run
 
 from optimum_blockprune.energy.model import EnergyModel
-
-CLI = str(Path(sys.executable).with_name("optimum-cli"))
-CAL = ["--num-samples", "4", "--seq-len", "16", "--batch-size", "2"]
-
-
-def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [CLI, "blockprune", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600
-    )
-
-
-def assert_user_error(proc: subprocess.CompletedProcess, fragment: str) -> None:
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
-    assert len(errors) == 1 and fragment in errors[0], proc.stderr
 
 
 def test_blockprune_is_registered_with_optimum_cli():

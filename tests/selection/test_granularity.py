@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from architectures import tiny_arch_model
-from test_cli import CAL, assert_user_error, run
+from helpers import CAL, assert_user_error, run
 
 from optimum_blockprune import BlockPruneError, load_pruned
 from optimum_blockprune.blocks import overlapping_blocks, parse_block_name

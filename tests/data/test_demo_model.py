@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from test_surgery import RELOAD
+from helpers import RELOAD
 
 from optimum_blockprune.model.adapters.llama import LlamaAdapter
 from optimum_blockprune.model.gates import Gates, removal_gates

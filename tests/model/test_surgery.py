@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
 from conftest import tiny_model
+from helpers import RELOAD
 
 from optimum_blockprune.model.adapters.llama import LlamaAdapter
 from optimum_blockprune.model.gates import Gates, removal_gates
@@ -58,21 +58,6 @@ def test_qwen3_layer_types_follow_kept_layers():
     before = list(model.config.layer_types)
     LlamaAdapter().remove_layers(model, [0, 3])
     assert model.config.layer_types == [before[i] for i in (1, 2, 4, 5)]
-
-
-RELOAD = textwrap.dedent(
-    """
-    import json, sys, torch
-    from transformers import AutoModelForCausalLM
-    model, info = AutoModelForCausalLM.from_pretrained(sys.argv[1], output_loading_info=True)
-    ids = torch.tensor(json.loads(sys.argv[2]))
-    with torch.no_grad():
-        logits = model(input_ids=ids).logits
-    assert "optimum_blockprune" not in sys.modules
-    print(json.dumps({"missing": sorted(info["missing_keys"]), "unexpected": sorted(info["unexpected_keys"]),
-                      "logits": logits.tolist(), "layers": model.config.num_hidden_layers}))
-    """
-)
 
 
 @pytest.mark.parametrize("model_type", ARCHS)
