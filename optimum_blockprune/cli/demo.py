@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--remove", type=int, default=6, help="decoder layers to remove (default: 6)")
     parser.add_argument(
@@ -33,8 +33,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--heal-batch-size", type=int, default=4, help="blocks of 128 tokens per healing step (default: 4)"
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> None:
     from transformers import AutoModelForCausalLM
 
     from optimum_blockprune.config import BlockPruneConfig
@@ -42,9 +44,9 @@ def main(argv: list[str] | None = None) -> None:
     from optimum_blockprune.output.evaluation import heldout_data, perplexity
     from optimum_blockprune.pruner import BlockPruner
 
+    args = parse_args(argv)
     t0 = time.perf_counter()
-    heal = args.heal_steps > 0
-    total = 5 if heal else 4
+    total = 5 if args.heal_steps > 0 else 4
     print(f"[1/{total}] preparing the demo model (converted once from the bundled GGUF file) ...", flush=True)
     path = demo_model_path()
     pruner = BlockPruner.from_pretrained(path)
@@ -62,6 +64,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"[4/{total}] reloading the saved model with stock transformers and measuring it ...", flush=True)
     pruned = AutoModelForCausalLM.from_pretrained(result.path, dtype=torch.float32).eval()
     pruned_ppl = perplexity(pruned, heldout, progress=True)
+    _summary(result, dense_ppl, pruned_ppl)
+    if args.heal_steps > 0:
+        _heal(args, result.path, path, dense_ppl, pruned_ppl, total)
+    print(f"total time         : {time.perf_counter() - t0:.0f} s")
+
+
+def _summary(result, dense_ppl: float, pruned_ppl: float) -> None:
     report = result.report
     print()
     print(f"removed layers     : {', '.join(result.removed)}")
@@ -75,34 +84,42 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(f"pruned model saved : {Path(result.path)} (model card: README.md)")
     print(f"report             : {Path(result.path) / 'report.html'} (and report.md)")
-    if heal:
-        from optimum_blockprune.healing import heal as heal_model
 
-        print(
-            f"[5/{total}] healing for {args.heal_steps} steps (LoRA, cross-entropy + distillation "
-            "from the dense model) ...",
-            flush=True,
-        )
-        t_heal = time.perf_counter()
-        healed = heal_model(
-            result.path,
-            args.heal_output,
-            teacher=path,
-            max_steps=args.heal_steps,
-            batch_size=args.heal_batch_size,
-            save_steps=0,
-            heldout_samples=args.heldout_samples,
-            known_perplexity={"before": pruned_ppl, "teacher": dense_ppl},
-            overwrite=True,
-        ).report["healing"]
-        print()
-        print(
-            f"held-out perplexity: {dense_ppl:.2f} (dense) -> {pruned_ppl:.2f} (pruned) -> "
-            f"{healed['heldout_perplexity']['after']:.2f} (healed, {100 * healed['gap_closed']:.0f}% of the gap closed)"
-        )
-        print(f"healing            : {healed['steps']} steps, {time.perf_counter() - t_heal:.0f} s")
-        print(f"healed model saved : {Path(args.heal_output).resolve()}")
-    print(f"total time         : {time.perf_counter() - t0:.0f} s")
+
+def _heal(
+    args: argparse.Namespace,
+    pruned_path: Path,
+    dense_path: Path,
+    dense_ppl: float,
+    pruned_ppl: float,
+    total: int,
+) -> None:
+    from optimum_blockprune.healing import heal
+
+    print(
+        f"[5/{total}] healing for {args.heal_steps} steps (LoRA, cross-entropy + distillation "
+        "from the dense model) ...",
+        flush=True,
+    )
+    t_heal = time.perf_counter()
+    healed = heal(
+        pruned_path,
+        args.heal_output,
+        teacher=dense_path,
+        max_steps=args.heal_steps,
+        batch_size=args.heal_batch_size,
+        save_steps=0,
+        heldout_samples=args.heldout_samples,
+        known_perplexity={"before": pruned_ppl, "teacher": dense_ppl},
+        overwrite=True,
+    ).report["healing"]
+    print()
+    print(
+        f"held-out perplexity: {dense_ppl:.2f} (dense) -> {pruned_ppl:.2f} (pruned) -> "
+        f"{healed['heldout_perplexity']['after']:.2f} (healed, {100 * healed['gap_closed']:.0f}% of the gap closed)"
+    )
+    print(f"healing            : {healed['steps']} steps, {time.perf_counter() - t_heal:.0f} s")
+    print(f"healed model saved : {Path(args.heal_output).resolve()}")
 
 
 if __name__ == "__main__":

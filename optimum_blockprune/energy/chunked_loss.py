@@ -17,6 +17,7 @@ from torch import nn
 
 from optimum_blockprune.energy.scoring import per_sample_loss, token_losses
 from optimum_blockprune.model.adapters.base import Adapter
+from optimum_blockprune.model.hooks import layer_input
 
 #: Logit elements per chunk: 16 MB in float32 on CPU (small enough for the allocator to reuse),
 #: 256 MB on accelerators (large enough to keep them busy).
@@ -73,7 +74,7 @@ def last_hidden(
     captured: list[torch.Tensor] = []
 
     def grab(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        captured.append(args[0] if args else kwargs["hidden_states"])
+        captured.append(layer_input(args, kwargs))
 
     handle = norm.register_forward_pre_hook(grab, with_kwargs=True)
     try:

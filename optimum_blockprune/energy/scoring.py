@@ -18,6 +18,7 @@ from optimum_blockprune.blocks import Block, block_name, parse_block_name
 from optimum_blockprune.data.calibration import CalibrationData
 from optimum_blockprune.model.adapters.base import Adapter
 from optimum_blockprune.model.gates import Gates, removal_gates
+from optimum_blockprune.model.hooks import layer_input
 
 
 def token_losses(
@@ -101,7 +102,7 @@ class LossScorer:
         def grab(module: nn.Module, args: tuple, kwargs: dict) -> None:
             captured.append(
                 (
-                    args[0] if args else kwargs["hidden_states"],
+                    layer_input(args, kwargs),
                     {k: v for k, v in kwargs.items() if k != "hidden_states"},
                 )
             )

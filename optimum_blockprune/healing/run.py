@@ -14,11 +14,16 @@ from typing import Any
 from torch import nn
 
 from optimum_blockprune.config import BlockPruneConfig
+from optimum_blockprune.data.atomic import check_output_dir
+from optimum_blockprune.data.calibration import CalibrationData, load_texts
 from optimum_blockprune.errors import BlockPruneError
+from optimum_blockprune.healing.callbacks import BlockPruneMetadataCallback
 from optimum_blockprune.healing.config import HealingConfig, check_mix
 from optimum_blockprune.healing.data import healing_dataset
 from optimum_blockprune.healing.lora import lora_config
 from optimum_blockprune.healing.trainer import HealingTrainer, check_teacher, load_teacher
+from optimum_blockprune.model.loading import load_model_and_tokenizer
+from optimum_blockprune.output.evaluation import heldout_data, perplexity
 from optimum_blockprune.output.layout import REPORT_NAME, read_json
 from optimum_blockprune.output.saving import save_pruned
 
@@ -85,10 +90,6 @@ def heal(
     checked before anything is written. ``known_perplexity`` may give the held-out perplexities
     ``before`` (the pruned model) and ``teacher`` already measured on the same held-out blocks.
     """
-    from optimum_blockprune.data.calibration import load_texts
-    from optimum_blockprune.healing.callbacks import BlockPruneMetadataCallback
-    from optimum_blockprune.model.loading import load_model_and_tokenizer
-
     t_start = time.perf_counter()
     output = Path(output)
     ckpt_dir, resume_from = _plan_checkpoints(output, checkpoint_dir, resume, overwrite)
@@ -105,39 +106,14 @@ def heal(
         teacher_model, teacher_id = _resolve_teacher(
             student, tokenizer, model_id, prune_config, prune_report, teacher, teacher_dtype
         )
-
-    full = lora_r is None
-    lr = learning_rate if learning_rate is not None else (1e-4 if full else 1e-3)
+    lr = learning_rate if learning_rate is not None else (1e-4 if lora_r is None else 1e-3)
     dataset = healing_dataset(tokenizer, texts, max_steps * batch_size, seq_len, seed)
-    heldout = None
-    ppl: dict[str, float] = {}
-    if heldout_samples:
-        from optimum_blockprune.output.evaluation import heldout_data, perplexity
-
-        heldout = heldout_data(tokenizer, heldout_samples, seq_len)
-        ppl.update(known_perplexity or {})
-        if "before" not in ppl:
-            ppl["before"] = perplexity(student.eval(), heldout, progress=progress)
-        if teacher_model is not None and "teacher" not in ppl:
-            ppl["teacher"] = perplexity(teacher_model, heldout, progress=progress)
-
+    heldout = heldout_data(tokenizer, heldout_samples, seq_len) if heldout_samples else None
+    ppl = _perplexities(student, teacher_model, heldout, known_perplexity, progress)
     if ckpt_dir.exists() and not resume:
         shutil.rmtree(ckpt_dir)
-    args = HealingConfig(
-        output_dir=str(ckpt_dir),
-        alpha=alpha,
-        temperature=temperature,
-        max_steps=max_steps,
-        per_device_train_batch_size=batch_size,
-        learning_rate=lr,
-        save_strategy="steps" if save_steps else "no",
-        save_steps=save_steps or 500,
-        logging_steps=max(1, min(10, max_steps // 10)),
-        seed=seed,
-        data_seed=seed,
-        max_length=seq_len,
-        disable_tqdm=not progress,
-        dataloader_num_workers=0,
+    args = _training_args(
+        ckpt_dir, alpha, temperature, max_steps, batch_size, lr, save_steps, seq_len, seed, progress
     )
     metadata = BlockPruneMetadataCallback(prune_config, {**prune_report, "healing": {"running": True}})
     trainer = HealingTrainer(
@@ -146,22 +122,14 @@ def heal(
         teacher=teacher_model,
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=None if full else lora_config(student, lora_r),
+        peft_config=None if lora_r is None else lora_config(student, lora_r),
         callbacks=[metadata],
     )
-    t0 = time.perf_counter()
-    train_out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    train_seconds = time.perf_counter() - t0
-    steps_this_run = trainer.state.global_step - (int(resume_from.name.split("-")[-1]) if resume_from else 0)
-    healed = trainer.model
-    if hasattr(healed, "merge_and_unload"):
-        healed = healed.merge_and_unload()
-    healed.eval()
+    healed, run = _train(trainer, resume_from, batch_size * seq_len)
     if heldout is not None:
         ppl["after"] = perplexity(healed, _on_device(heldout, healed), progress=progress)
-
     healing = {
-        "method": "full" if full else "lora",
+        "method": "full" if lora_r is None else "lora",
         "lora_r": lora_r,
         "alpha": alpha,
         "temperature": temperature,
@@ -174,11 +142,10 @@ def heal(
         "learning_rate": lr,
         "train_blocks": len(dataset),
         "resumed_from": resume_from.name if resume_from else None,
-        "final_train_loss": train_out.training_loss,
-        "tokens_per_second": steps_this_run * batch_size * seq_len / max(train_seconds, 1e-9),
-        "seconds": {"train": train_seconds, "total": time.perf_counter() - t_start},
+        **run,
         "heldout_perplexity": ppl,
     }
+    healing["seconds"]["total"] = time.perf_counter() - t_start
     if {"before", "after", "teacher"} <= ppl.keys() and ppl["before"] > ppl["teacher"]:
         healing["gap_closed"] = gap_closed(ppl["before"], ppl["after"], ppl["teacher"])
     report = {**prune_report, "healing": healing}
@@ -200,10 +167,76 @@ def heal(
     return HealResult(output.resolve(), report)
 
 
+def _training_args(
+    ckpt_dir: Path,
+    alpha: float,
+    temperature: float,
+    max_steps: int,
+    batch_size: int,
+    lr: float,
+    save_steps: int,
+    seq_len: int,
+    seed: int,
+    progress: bool,
+) -> HealingConfig:
+    """The Trainer settings of a healing run (checkpoints every ``save_steps``; 0: none)."""
+    return HealingConfig(
+        output_dir=str(ckpt_dir),
+        alpha=alpha,
+        temperature=temperature,
+        max_steps=max_steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=lr,
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
+        logging_steps=max(1, min(10, max_steps // 10)),
+        seed=seed,
+        data_seed=seed,
+        max_length=seq_len,
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+    )
+
+
+def _perplexities(
+    student: nn.Module,
+    teacher: nn.Module | None,
+    heldout: Any,
+    known: dict[str, float] | None,
+    progress: bool,
+) -> dict[str, float]:
+    """Held-out perplexity ``before`` healing (and of the ``teacher``), unless already ``known``."""
+    ppl: dict[str, float] = {}
+    if heldout is None:
+        return ppl
+    ppl.update(known or {})
+    if "before" not in ppl:
+        ppl["before"] = perplexity(student.eval(), heldout, progress=progress)
+    if teacher is not None and "teacher" not in ppl:
+        ppl["teacher"] = perplexity(teacher, heldout, progress=progress)
+    return ppl
+
+
+def _train(trainer: HealingTrainer, resume_from: Path | None, tokens_per_step: int) -> tuple[nn.Module, dict]:
+    """Train (continuing from ``resume_from``), merge LoRA; the healed model in eval mode and what
+    the run measured (final loss, throughput, seconds)."""
+    t0 = time.perf_counter()
+    train_out = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    train_seconds = time.perf_counter() - t0
+    steps_this_run = trainer.state.global_step - (int(resume_from.name.split("-")[-1]) if resume_from else 0)
+    healed = trainer.model
+    if hasattr(healed, "merge_and_unload"):
+        healed = healed.merge_and_unload()
+    healed.eval()
+    return healed, {
+        "final_train_loss": train_out.training_loss,
+        "tokens_per_second": steps_this_run * tokens_per_step / max(train_seconds, 1e-9),
+        "seconds": {"train": train_seconds},
+    }
+
+
 def _on_device(data: Any, model: nn.Module) -> Any:
     """``data`` (CalibrationData) with its tensors on ``model``'s device (the Trainer may move it)."""
-    from optimum_blockprune.data.calibration import CalibrationData
-
     device = next(model.parameters()).device
     return CalibrationData(data.input_ids.to(device), data.attention_mask.to(device), data.metadata)
 
@@ -212,8 +245,6 @@ def _plan_checkpoints(
     output: Path, checkpoint_dir: str | Path | None, resume: bool, overwrite: bool
 ) -> tuple[Path, Path | None]:
     """(checkpoint folder, checkpoint to resume from); refuses what would lose or mix runs."""
-    from optimum_blockprune.data.atomic import check_output_dir
-
     check_output_dir(output, overwrite)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else output.with_name(output.name + "-checkpoints")
     if resume:

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from optimum_blockprune.model.hooks import layer_input
+
 #: Roles a member of a branch can play, and the stand-in each gets.
 ROLES = ("attention", "mlp", "norm")
 
@@ -33,7 +35,7 @@ class NoOpAttention(NoOp):
         self.layer_idx = layer_idx
 
     def forward(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, None]:
-        hidden = args[0] if args else kwargs["hidden_states"]
+        hidden = layer_input(args, kwargs)
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         if cache is not None and self.layer_idx is not None and hasattr(cache, "update"):
             placeholder = hidden.new_zeros(hidden.shape[0], 1, hidden.shape[1], 1)

@@ -30,6 +30,7 @@ from optimum_blockprune.data.calibration import CalibrationData
 from optimum_blockprune.errors import BlockPruneError
 from optimum_blockprune.model.adapters.base import Adapter
 from optimum_blockprune.model.gates import Gates, removal_gates
+from optimum_blockprune.model.hooks import layer_input
 from optimum_blockprune.selection.registry import Method, Request, Selection
 from optimum_blockprune.selection.rules import Rules
 
@@ -79,7 +80,7 @@ def similarity_scores(
 
     def pre_hook(i: int):
         def fn(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            state["inputs"][i] = args[0] if args else kwargs["hidden_states"]
+            state["inputs"][i] = layer_input(args, kwargs)
             state["branch_out"][i] = []
 
         return fn
@@ -150,7 +151,7 @@ def residual_states(
         return h[torch.arange(h.shape[0]), current["last"]].float()
 
     def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        current["rows"].append(take(args[0] if args else kwargs["hidden_states"]))
+        current["rows"].append(take(layer_input(args, kwargs)))
 
     def last_hook(module: nn.Module, args: tuple, output: object) -> None:
         current["rows"].append(take(_first(output)))

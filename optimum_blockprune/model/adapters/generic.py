@@ -15,6 +15,7 @@ from torch import nn
 from optimum_blockprune.blocks import Block
 from optimum_blockprune.model.adapters.base import Adapter
 from optimum_blockprune.model.gates import Gates
+from optimum_blockprune.model.hooks import layer_input
 
 LAYER_LISTS = ("layers", "h", "blocks", "layer")
 FINAL_NORMS = ("norm", "final_layernorm", "final_layer_norm", "ln_f", "norm_f")
@@ -108,7 +109,7 @@ class GenericAdapter(Adapter):
         def grab(module: nn.Module, args: tuple, kwargs: dict) -> None:
             calls.append(
                 (
-                    args[0] if args else kwargs["hidden_states"],
+                    layer_input(args, kwargs),
                     {k: v for k, v in kwargs.items() if k != "hidden_states"},
                 )
             )

@@ -35,6 +35,7 @@ from optimum_blockprune.errors import BlockPruneError
 from optimum_blockprune.solvers.base import Solver, make_sampleset
 from optimum_blockprune.solvers.exact.bounds import Bounder
 from optimum_blockprune.solvers.exact.nodes import NodeSpace
+from optimum_blockprune.solvers.exact.topk import TopK
 from optimum_blockprune.solvers.heuristic.moves import Moves
 from optimum_blockprune.solvers.problem import Problem, random_starts
 
@@ -47,43 +48,6 @@ NODE_SDP_ITERATIONS = 30  # warm-started ADMM steps per tightened node
 TIGHTEN_SHARE = 0.5  # at most this fraction of the search time goes to tightening
 LOCAL_STARTS = 64
 POLISH_EVERY = 200  # nodes between local searches around the best configurations
-
-
-class TopPool:
-    """The K best distinct configurations seen (rows over the free blocks) with their energies."""
-
-    def __init__(self, k: int) -> None:
-        self.k = k
-        self.heap: list[tuple[float, bytes]] = []  # max-heap by energy (negated)
-        self.rows: dict[bytes, np.ndarray] = {}
-
-    @property
-    def threshold(self) -> float:
-        return -self.heap[0][0] if len(self.heap) >= self.k else np.inf
-
-    def offer(self, Y: np.ndarray, energies: np.ndarray) -> None:
-        keep = np.flatnonzero(energies < self.threshold)
-        if len(keep) > self.k:
-            keep = keep[np.argpartition(energies[keep], self.k - 1)[: self.k]]
-        for i in keep[np.argsort(energies[keep], kind="stable")]:
-            e = float(energies[i])
-            if e >= self.threshold:
-                break
-            key = np.asarray(Y[i], dtype=np.int8).tobytes()
-            if key in self.rows:
-                continue
-            self.rows[key] = np.asarray(Y[i], dtype=np.int8)
-            heapq.heappush(self.heap, (-e, key))
-            if len(self.heap) > self.k:
-                _, old = heapq.heappop(self.heap)
-                del self.rows[old]
-
-    def sorted(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """(rows (≤ k, n), energies), lowest first."""
-        items = sorted((-e, key) for e, key in self.heap)
-        energies = np.array([e for e, _ in items], dtype=np.float64)
-        rows = np.array([self.rows[key] for _, key in items], dtype=np.int8).reshape(-1, n)
-        return rows, energies
 
 
 class BranchAndBound(NodeSpace):
@@ -107,7 +71,7 @@ class BranchAndBound(NodeSpace):
         self.seed = seed
         self.tighten_size = tighten_size
         self.moves = Moves(problem, self.h, self.J)
-        self.pool = TopPool(top_k)
+        self.pool = TopK(top_k, self.n, distinct=True)
         scale = max(1.0, float(np.abs(self.J).sum()), float(np.abs(self.h).sum()))
         self.tol = 1e-9 * scale
         self.lo, self.hi = np.zeros(n), np.ones(n)
@@ -126,11 +90,11 @@ class BranchAndBound(NodeSpace):
         Y = np.asarray(Y, dtype=np.int8).reshape(-1, self.n)
         if len(Y):
             Y = Y[self.problem.holds(Y)]
-            self.pool.offer(Y, self.energies(Y))
+            self.pool.add(Y, self.energies(Y))
 
     def polish(self, starts: np.ndarray | None = None) -> None:
         """Local search from ``starts`` and around the best configurations found so far."""
-        best = self.pool.sorted(self.n)[0]
+        best = self.pool.sorted()[0]
         Y = best if starts is None else np.concatenate([self.moves.descend(self.moves.repair(starts)), best])
         if len(Y):
             self.offer(self.moves.low_states(Y, self.top_k))
@@ -156,6 +120,8 @@ class BranchAndBound(NodeSpace):
         return bounder.qp.project((lo + hi) / 2, lo, hi)
 
     def run(self, time_limit: float, node_limit: int) -> dict[str, Any]:
+        """Search best first until the top-K is proven, or ``time_limit`` / ``node_limit``; the
+        configurations found are left in ``self.rows``, what was proven is returned."""
         started = time.perf_counter()
         deadline = started + time_limit
         if self.n and self.local_starts:
@@ -163,33 +129,15 @@ class BranchAndBound(NodeSpace):
         lo, hi = self.lo.copy(), self.hi.copy()
         self.rows = np.zeros((0, self.n), dtype=np.int8)
         if self.completions(lo, hi) <= self.leaf_size:  # small enough to enumerate: no search needed
-            self.offer(self.enumerate(lo, hi))
-            self.rows, energies = self.pool.sorted(self.n)
-            best = float(energies[0]) if len(energies) else np.inf
-            self.stats["nodes"] = 1
-            return {
-                "optimal": True,
-                "lower_bound": best,
-                "gap": 0.0,
-                "relative_gap": 0.0,
-                "proven": len(energies),
-                "nodes": 1,
-                "open_nodes": 0,
-                "stopped": None,
-                "root_bound": best,
-                "root_sdp_bound": None,
-                "tightened": 0,
-                "enumerated": self.completions(lo, hi),
-                "sdp_seconds": 0.0,
-            }
+            return self._enumerate_all(lo, hi)
         root = self.bounder(lo, hi, None, min(10.0, max(0.05, ROOT_SDP_SECONDS * time_limit)), 3000)
         bound, y, s = root.evaluate(self.qp_start(root, lo, hi), lo, hi, thorough=True)
         self.offer(s)
         self.root_bound, self.root_sdp_bound = bound, root.sdp_bound
-        counter = itertools.count()
+        self.counter = itertools.count()
         heap: list[tuple[float, int, np.ndarray, np.ndarray, Bounder]] = []
         fix = np.where(lo == hi, lo, -1).astype(np.int8)
-        heapq.heappush(heap, (bound, next(counter), fix, y, root))
+        heapq.heappush(heap, (bound, next(self.counter), fix, y, root))
         nodes, stopped = 1, None
         while heap:
             bound, _, fix, y, bounder = heap[0]
@@ -200,42 +148,96 @@ class BranchAndBound(NodeSpace):
                 stopped = "node_limit" if nodes >= node_limit else "time_limit"
                 break
             heapq.heappop(heap)
-            lo, hi = np.where(fix == 1, 1.0, 0.0), np.where(fix == 0, 0.0, 1.0)
-            size = self.completions(lo, hi)
-            if size <= self.leaf_size:
-                self.offer(self.enumerate(lo, hi))
-                self.stats["enumerated"] += size
+            children = self._expand(heap, bound, fix, y, bounder, root, started, deadline)
+            if children is None:  # enumerated, or pruned by its own relaxation
                 continue
-            spent = time.perf_counter() - started
-            if (
-                size > self.tighten_size
-                and bounder.open.size > (hi > lo).sum()
-                and self.stats["sdp_seconds"] - root.seconds <= TIGHTEN_SHARE * spent
-            ):
-                seconds = max(0.0, min(1.0, deadline - time.perf_counter()))
-                bounder = self.bounder(lo, hi, bounder, seconds, NODE_SDP_ITERATIONS)
-                self.stats["tightened"] += 1
-                tight, y, s = bounder.evaluate(y, lo, hi, thorough=True)
-                self.offer(s)
-                if tight - self.tol >= self.pool.threshold:
-                    continue
-                bound = max(bound, tight)
-            j = self.branch_variable(y, lo, hi)
-            for value in (1.0, 0.0):
-                clo, chi = lo.copy(), hi.copy()
-                clo[j] = chi[j] = value
-                if not self.feasible(clo, chi):
-                    continue
-                nodes += 1
-                cbound, cy, cs = bounder.evaluate(y, clo, chi)
-                self.offer(cs)
-                cbound = max(cbound, bound)
-                if cbound - self.tol < self.pool.threshold:
-                    cfix = np.where(clo == chi, clo, -1).astype(np.int8)
-                    heapq.heappush(heap, (cbound, next(counter), cfix, cy, bounder))
+            nodes += children
             if self.local_starts and nodes % POLISH_EVERY < 2:
                 self.polish()
-        rows, energies = self.pool.sorted(self.n)
+        return self._result(heap, nodes, stopped)
+
+    def _expand(
+        self,
+        heap: list,
+        bound: float,
+        fix: np.ndarray,
+        y: np.ndarray,
+        bounder: Bounder,
+        root: Bounder,
+        started: float,
+        deadline: float,
+    ) -> int | None:
+        """Process one node: enumerate it when small, tighten its relaxation when large (and the
+        tightening budget allows), else branch. The number of children pushed, None when the
+        node was closed without branching."""
+        lo, hi = np.where(fix == 1, 1.0, 0.0), np.where(fix == 0, 0.0, 1.0)
+        size = self.completions(lo, hi)
+        if size <= self.leaf_size:
+            self.offer(self.enumerate(lo, hi))
+            self.stats["enumerated"] += size
+            return None
+        spent = time.perf_counter() - started
+        if (
+            size > self.tighten_size
+            and bounder.open.size > (hi > lo).sum()
+            and self.stats["sdp_seconds"] - root.seconds <= TIGHTEN_SHARE * spent
+        ):
+            seconds = max(0.0, min(1.0, deadline - time.perf_counter()))
+            bounder = self.bounder(lo, hi, bounder, seconds, NODE_SDP_ITERATIONS)
+            self.stats["tightened"] += 1
+            tight, y, s = bounder.evaluate(y, lo, hi, thorough=True)
+            self.offer(s)
+            if tight - self.tol >= self.pool.threshold:
+                return None
+            bound = max(bound, tight)
+        return self._branch(heap, bound, y, lo, hi, bounder)
+
+    def _branch(
+        self, heap: list, bound: float, y: np.ndarray, lo: np.ndarray, hi: np.ndarray, bounder: Bounder
+    ) -> int:
+        """Push the node's feasible children whose bound can still beat the K-th best; how many
+        children were bounded."""
+        j = self.branch_variable(y, lo, hi)
+        children = 0
+        for value in (1.0, 0.0):
+            clo, chi = lo.copy(), hi.copy()
+            clo[j] = chi[j] = value
+            if not self.feasible(clo, chi):
+                continue
+            children += 1
+            cbound, cy, cs = bounder.evaluate(y, clo, chi)
+            self.offer(cs)
+            cbound = max(cbound, bound)
+            if cbound - self.tol < self.pool.threshold:
+                cfix = np.where(clo == chi, clo, -1).astype(np.int8)
+                heapq.heappush(heap, (cbound, next(self.counter), cfix, cy, bounder))
+        return children
+
+    def _enumerate_all(self, lo: np.ndarray, hi: np.ndarray) -> dict[str, Any]:
+        """The whole problem enumerated (no search): every configuration proven."""
+        self.offer(self.enumerate(lo, hi))
+        self.rows, energies = self.pool.sorted()
+        best = float(energies[0]) if len(energies) else np.inf
+        self.stats["nodes"] = 1
+        return {
+            "optimal": True,
+            "lower_bound": best,
+            "gap": 0.0,
+            "relative_gap": 0.0,
+            "proven": len(energies),
+            "nodes": 1,
+            "open_nodes": 0,
+            "stopped": None,
+            "root_bound": best,
+            "root_sdp_bound": None,
+            "tightened": 0,
+            "enumerated": self.completions(lo, hi),
+            "sdp_seconds": 0.0,
+        }
+
+    def _result(self, heap: list, nodes: int, stopped: str | None) -> dict[str, Any]:
+        """What the search proved: the best configurations, and the bound on the open nodes."""
+        rows, energies = self.pool.sorted()
         open_bound = heap[0][0] if heap else np.inf
         optimal = not heap
         best = float(energies[0]) if len(energies) else np.inf

@@ -23,6 +23,7 @@ import numpy as np
 
 from optimum_blockprune.errors import BlockPruneError
 from optimum_blockprune.solvers.base import Solver, make_sampleset
+from optimum_blockprune.solvers.exact.topk import TopK
 from optimum_blockprune.solvers.problem import Problem, min_blocks
 
 DEFAULT_LIMIT = 50_000_000
@@ -50,30 +51,8 @@ def _quadratic(rows: np.ndarray, h: np.ndarray, J: np.ndarray) -> tuple[np.ndarr
     return h[rows].sum(axis=1) + np.take_along_axis(UJ, rows, axis=1).sum(axis=1), 2 * UJ
 
 
-class _TopK:
-    """Running exact top-k of (energy, head row, tail row) triples; blocks are pre-filtered by the k-th best."""
-
-    def __init__(self, k: int) -> None:
-        self.k = k
-        self.threshold = np.inf
-        self.energy = np.empty(0)
-        self.rows = np.empty((0, 0), dtype=np.intp)
-
-    def add(self, energies: np.ndarray, heads: np.ndarray, tails: np.ndarray) -> None:
-        flat = energies.ravel()
-        pick = np.flatnonzero(flat < self.threshold)
-        if len(pick) > self.k:
-            pick = pick[np.argpartition(flat[pick], self.k - 1)[: self.k]]
-        if not len(pick):
-            return
-        r, c = np.divmod(pick, energies.shape[1])
-        rows = np.concatenate([heads[r], tails[c]], axis=1)
-        energy = np.concatenate([self.energy, flat[pick]])
-        rows = np.concatenate([self.rows, rows]) if len(self.rows) else rows
-        keep = np.argsort(energy, kind="stable")[: self.k]
-        self.energy, self.rows = energy[keep], rows[keep]
-        if len(self.energy) == self.k:
-            self.threshold = self.energy[-1]
+def _concat(heads: np.ndarray, tails: np.ndarray) -> np.ndarray:
+    return np.concatenate([heads, tails], axis=1)
 
 
 def top_configurations(h: np.ndarray, J: np.ndarray, k: int, top_k: int) -> np.ndarray:
@@ -86,7 +65,7 @@ def top_configurations(h: np.ndarray, J: np.ndarray, k: int, top_k: int) -> np.n
     tails = combinations(range(n), k2)  # lexicographic: those above p are a suffix
     tail_energy, _ = _quadratic(tails, h, J)
     first = np.searchsorted(tails[:, 0], np.arange(n + 1)) if k2 else np.zeros(n + 1, dtype=np.intp)
-    best = _TopK(top_k)
+    best = TopK(top_k, k, dtype=np.intp)
     for p in range(k1 - 1, n - k2):
         heads = np.column_stack([combinations(range(p), k1 - 1), np.full(math.comb(p, k1 - 1), p)])
         e, cross = _quadratic(heads, h, J)
@@ -103,7 +82,7 @@ def top_configurations(h: np.ndarray, J: np.ndarray, k: int, top_k: int) -> np.n
             )
             step = max(1, BLOCK // len(tail_rows))
             for lo in range(0, len(heads), step):
-                best.add(left[lo : lo + step] @ right, heads[lo : lo + step], tail_rows)
+                best.add_pairs(left[lo : lo + step] @ right, heads[lo : lo + step], tail_rows, _concat)
     return best.rows
 
 
@@ -131,29 +110,6 @@ def _count_vectors(problem: Problem) -> list[list[int]]:
     return [list(v) for v in itertools.product(*options)]
 
 
-class _TopRows:
-    """Running exact top-k of (energy, 0/1 row)."""
-
-    def __init__(self, k: int, n: int) -> None:
-        self.k, self.threshold = k, np.inf
-        self.energy, self.rows = np.empty(0), np.empty((0, n), dtype=np.int8)
-
-    def add(self, energies: np.ndarray, left: np.ndarray, right: np.ndarray) -> None:
-        flat = energies.ravel()
-        pick = np.flatnonzero(flat < self.threshold)
-        if len(pick) > self.k:
-            pick = pick[np.argpartition(flat[pick], self.k - 1)[: self.k]]
-        if not len(pick):
-            return
-        r, c = np.divmod(pick, energies.shape[1])
-        energy = np.concatenate([self.energy, flat[pick]])
-        rows = np.concatenate([self.rows, left[r] + right[c]])
-        keep = np.argsort(energy, kind="stable")[: self.k]
-        self.energy, self.rows = energy[keep], rows[keep]
-        if len(self.energy) == self.k:
-            self.threshold = self.energy[-1]
-
-
 def top_rows(problem: Problem, h: np.ndarray, J: np.ndarray, top_k: int) -> np.ndarray:
     """(≤ top_k, free) 0/1 rows of the lowest ``h·y + yᵀJy`` meeting every constraint."""
     n = len(h)
@@ -161,7 +117,7 @@ def top_rows(problem: Problem, h: np.ndarray, J: np.ndarray, top_k: int) -> np.n
     budget = problem.budget
     w = budget[0].astype(np.float64) if budget is not None else np.zeros(n)
     rhs = float(budget[1]) if budget is not None else -np.inf
-    best = _TopRows(top_k, n)
+    best = TopK(top_k, n)
     sides = [(np.arange(n) < half), (np.arange(n) >= half)]
     for counts in _count_vectors(problem):
         members = [m for m, _ in problem.groups]
@@ -181,7 +137,7 @@ def top_rows(problem: Problem, h: np.ndarray, J: np.ndarray, top_k: int) -> np.n
 
 
 def _pairs(
-    best: _TopRows,
+    best: TopK,
     left: np.ndarray,
     right: np.ndarray,
     h: np.ndarray,
@@ -208,7 +164,7 @@ def _pairs(
             if rhs > -np.inf:
                 short = w_left[l0 : l0 + step_l, None] + w_right[None, r0 : r0 + step_r] < rhs
                 E = np.where(short, np.inf, E)
-            best.add(E, left[l0 : l0 + step_l], right[r0 : r0 + step_r])
+            best.add_pairs(E, left[l0 : l0 + step_l], right[r0 : r0 + step_r], np.add)
 
 
 class ExhaustiveSolver(Solver):
