@@ -81,6 +81,13 @@ def build_calibration(
             )
         ids = pack_blocks(stream, seq_len, num_samples)
         return CalibrationData(ids, torch.ones_like(ids), meta)
+    return _padded(tokenizer, texts, num_samples, seq_len, add_special, meta)
+
+
+def _padded(
+    tokenizer: Any, texts: list[str], num_samples: int, seq_len: int, add_special: bool, meta: dict
+) -> CalibrationData:
+    """One sample per text, truncated to ``seq_len`` and right-padded."""
     if len(texts) < num_samples:
         raise BlockPruneError(
             f"calibration text has {len(texts)} documents, need {num_samples}; give more or lower --num-samples"

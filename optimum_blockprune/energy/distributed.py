@@ -30,6 +30,8 @@ def _cpu_only() -> bool:
     return not torch.cuda.is_available()
 
 
+# Kept over a bare accelerate.PartialState: outside a launcher this must stay a plain one-process
+# value (no accelerate state, no device probing), and the launched case is PartialState's own.
 @dataclass
 class Processes:
     """This process's place among ``world`` processes (``rank`` 0 is the main one)."""

@@ -14,10 +14,14 @@ from typing import Any
 from torch import nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from optimum_blockprune.config import BlockPruneConfig
+from optimum_blockprune.data.atomic import write_json_atomic
+from optimum_blockprune.data.calibration import CalibrationData
+from optimum_blockprune.energy.scoring import LossScorer
 from optimum_blockprune.errors import BlockPruneError
-
-#: Name of the per-checkpoint report written next to ``blockprune_config.json``.
-REPORT_NAME = "blockprune_report.json"
+from optimum_blockprune.model.registry import get_adapter
+from optimum_blockprune.output.layout import REPORT_NAME
+from optimum_blockprune.pruner import BlockPruner
 
 
 def _base_model(model: nn.Module) -> nn.Module:
@@ -32,8 +36,6 @@ def _base_model(model: nn.Module) -> nn.Module:
 
 
 def _write_metadata(folder: Path, config: Any, report: dict[str, Any]) -> None:
-    from optimum_blockprune.data.atomic import write_json_atomic
-
     if config is not None:
         config.save_pretrained(folder)
     write_json_atomic(folder / REPORT_NAME, report)
@@ -86,8 +88,6 @@ class GradualRemovalCallback(BlockPruneMetadataCallback):
         adapter: str | None = None,
         progress: bool = False,
     ) -> None:
-        from optimum_blockprune.config import BlockPruneConfig
-
         if not schedule or any(int(s) < 1 or int(n) < 1 for s, n in schedule.items()):
             raise BlockPruneError("schedule must map training steps >= 1 to block counts >= 1, e.g. {100: 2}")
         self.schedule = {int(s): int(n) for s, n in sorted(schedule.items())}
@@ -114,8 +114,6 @@ class GradualRemovalCallback(BlockPruneMetadataCallback):
         return self
 
     def _adapter(self, model: nn.Module):
-        from optimum_blockprune.model.registry import get_adapter
-
         return get_adapter(model, self.adapter_name)
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
@@ -178,10 +176,6 @@ class GradualRemovalCallback(BlockPruneMetadataCallback):
     def remove(self, model: nn.Module, count: int, optimizer: Any = None) -> dict[str, Any]:
         """Choose ``count`` layers of ``model`` with the energy method, delete them, drop their
         parameters from ``optimizer``; return the figures of this removal."""
-        from optimum_blockprune.data.calibration import CalibrationData
-        from optimum_blockprune.energy.scoring import LossScorer
-        from optimum_blockprune.pruner import BlockPruner
-
         t0 = time.perf_counter()
         adapter = self._adapter(model)
         if self.original is None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from optimum_blockprune.blocks import Block, overlapping_blocks, positions
+from optimum_blockprune.blocks import Block, positions
 from optimum_blockprune.energy.model import EnergyModel, penalise_overlaps
 from optimum_blockprune.energy.variants import GRADIENT_VARIANTS, analyze
 from optimum_blockprune.errors import BlockPruneError
@@ -111,8 +111,7 @@ def _solve_round(
     """The round's lowest-energy configurations and which of them the rules allow. Intermediate
     rounds keep their ground state; only the last round's top-K is reranked (measured on SmolLM2:
     reranking every round did 40% more work at M=8 and picked the same layers)."""
-    config = request.config
-    conflicts = overlapping_blocks(request.blocks)
+    config, conflicts = request.config, rules.conflicts
     for top_k in dict.fromkeys([config.top_k if last else 1, config.top_k]):
         samples = solve(
             penalise_overlaps(energy, conflicts) if conflicts else energy,

@@ -17,6 +17,7 @@ from typing import Any
 from optimum_blockprune.data.atomic import atomic_file, atomic_output_dir
 from optimum_blockprune.errors import BlockPruneError
 from optimum_blockprune.output.layout import Run, load_run, read_json
+from optimum_blockprune.output.modelcard import base_model_id
 
 HTML_NAME = "report.html"
 MARKDOWN_NAME = "report.md"
@@ -136,22 +137,30 @@ def make_plots(run: Run, methods: Methods | None = None) -> list[Plot]:
         "ranks configurations as the real loss does (Spearman ρ near 1).",
         rp.loss_energy_figure(cands, chosen),
     )
+    caption, fig = _perplexity_plot(run, methods)
+    add("perplexity", "Perplexity vs removed blocks", caption, fig)
+    return plots
+
+
+def _perplexity_plot(run: Run, methods: Methods | None) -> tuple[str, Any]:
+    """Caption and figure of perplexity against removed blocks: per method from ``methods``, else
+    this run's own rounds and reranked candidates."""
+    from optimum_blockprune.output.report import plots as rp
+
     if methods:
         caption = (
             "Perplexity of each method (from the --methods file) by number of removed blocks; solid "
             "lines: whole layers, dashed: single branches (sublayer blocks), dotted: mixed."
         )
-        fig = rp.perplexity_figure(methods.series, "perplexity", dense=methods.dense)
-    else:
-        own = run.own_perplexities()
-        extra = [(len(c["removed"]), math.exp(c["loss"])) for i, c in enumerate(cands) if i != chosen]
-        caption = (
-            "Calibration perplexity of this run: the unpruned model (0) and the configuration kept in "
-            "each round; grey dots: the other reranked candidates. Pass --methods FILE to compare methods."
-        )
-        fig = rp.perplexity_figure({("this run", ""): own}, "calibration perplexity", extra)
-    add("perplexity", "Perplexity vs removed blocks", caption, fig)
-    return plots
+        return caption, rp.perplexity_figure(methods.series, "perplexity", dense=methods.dense)
+    cands, chosen = run.candidates, run.chosen
+    own = run.own_perplexities()
+    extra = [(len(c["removed"]), math.exp(c["loss"])) for i, c in enumerate(cands) if i != chosen]
+    caption = (
+        "Calibration perplexity of this run: the unpruned model (0) and the configuration kept in "
+        "each round; grey dots: the other reranked candidates. Pass --methods FILE to compare methods."
+    )
+    return caption, rp.perplexity_figure({("this run", ""): own}, "calibration perplexity", extra)
 
 
 # ----------------------------------------------------------------- text
@@ -159,11 +168,20 @@ def _fmt_params(n: Any) -> str:
     return f"{n / 1e6:.2f}M" if isinstance(n, (int, float)) else "?"
 
 
+def _solver_text(run: Run) -> str:
+    """The configured solver, the one that ran when they differ, and whether it proved optimality."""
+    info = run.rounds[-1].get("solver", {}) if run.rounds else {}
+    solver = str(run.config.get("solver", "?"))
+    if info.get("solver") and info.get("solver") != solver:
+        solver += f" ({info['solver']})"
+    if "optimal" in info:
+        solver += ", ground state proven optimal" if info["optimal"] else ", optimality not proven"
+    return solver
+
+
 def summary_rows(run: Run) -> list[tuple[str, str]]:
     """(label, value) pairs describing what was removed, how, and what was measured."""
     r, c = run.report, run.config
-    from optimum_blockprune.output.modelcard import base_model_id
-
     model_id = str(r.get("model_id", "?"))
     rows = [
         ("model", base_model_id(model_id) or model_id),
@@ -193,13 +211,7 @@ def summary_rows(run: Run) -> list[tuple[str, str]]:
         rows.append(("held-out perplexity (healing)", ", ".join(f"{k} {v:.2f}" for k, v in ppl.items())))
     rows.append(("granularity", str(c.get("granularity", "layer"))))
     rows.append(("energy", str(c.get("energy", "?"))))
-    info = run.rounds[-1].get("solver", {}) if run.rounds else {}
-    solver = str(c.get("solver", "?"))
-    if info.get("solver") and info.get("solver") != solver:
-        solver += f" ({info['solver']})"
-    if "optimal" in info:
-        solver += ", ground state proven optimal" if info["optimal"] else ", optimality not proven"
-    rows.append(("solver", solver))
+    rows.append(("solver", _solver_text(run)))
     rows.append(
         ("rounds", f"{len(run.rounds)} (top-{len(run.candidates)} reranked on real loss in the last)")
     )
