@@ -36,10 +36,10 @@ $(STAMP): $(LOCK) $(DEMO_LOCK) pyproject.toml Makefile $(wildcard plugins/*/pypr
 # `make demo HEAL=1` or `make demo-heal`: also heal the pruned model (a few minutes more on 2 cores).
 HEAL_STEPS ?= 20
 demo: setup
-	$(PY) -m optimum_blockprune.demo $(if $(HEAL),--heal-steps $(HEAL_STEPS))
+	$(PY) -m optimum_blockprune.cli.demo $(if $(HEAL),--heal-steps $(HEAL_STEPS))
 
 demo-heal: setup
-	$(PY) -m optimum_blockprune.demo --heal-steps $(HEAL_STEPS)
+	$(PY) -m optimum_blockprune.cli.demo --heal-steps $(HEAL_STEPS)
 
 test: setup
 	$(PY) -m pytest -q

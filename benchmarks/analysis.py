@@ -140,8 +140,8 @@ def _saved_bytes_per_token(pruner, blocks, data) -> float:
     counted on one sample, excluding the frozen weights: what scales with the batch."""
     import torch
 
-    from optimum_blockprune.chunked_loss import last_hidden
-    from optimum_blockprune.gates import Gates
+    from optimum_blockprune.energy.chunked_loss import last_hidden
+    from optimum_blockprune.model.gates import Gates
 
     weights = {p.untyped_storage().data_ptr() for p in pruner.model.parameters()}
     saved: dict[int, int] = {}
@@ -171,10 +171,10 @@ def _saved_bytes_per_token(pruner, blocks, data) -> float:
 def worker(args: argparse.Namespace) -> None:
     import torch
 
-    from optimum_blockprune.calibration import CalibrationData
     from optimum_blockprune.config import BlockPruneConfig
-    from optimum_blockprune.distributed import Processes
-    from optimum_blockprune.gradients import gate_gradients
+    from optimum_blockprune.data.calibration import CalibrationData
+    from optimum_blockprune.energy.distributed import Processes
+    from optimum_blockprune.energy.gradients import gate_gradients
     from optimum_blockprune.pruner import BlockPruner
 
     if args.threads:

@@ -19,13 +19,12 @@ from pathlib import Path
 
 import torch
 
-from optimum_blockprune.adapters.base import count_params
-from optimum_blockprune.config import BlockPruneConfig
-from optimum_blockprune.energy import ENERGY_VARIANTS
-from optimum_blockprune.evaluation import heldout_data, perplexity
-from optimum_blockprune.gates import Gates, removal_gates
+from optimum_blockprune.config import ENERGY_VARIANTS, BlockPruneConfig
+from optimum_blockprune.energy.scoring import LossScorer
+from optimum_blockprune.model.adapters.base import count_params
+from optimum_blockprune.model.gates import Gates, removal_gates
+from optimum_blockprune.output.evaluation import heldout_data, perplexity
 from optimum_blockprune.pruner import BlockPruner
-from optimum_blockprune.scoring import LossScorer
 
 GRANULARITIES = ("layer", "sublayer", "mixed")
 

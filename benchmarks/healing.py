@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 
 from optimum_blockprune.config import BlockPruneConfig
-from optimum_blockprune.demo_assets import cache_dir, demo_model_path
-from optimum_blockprune.evaluation import heldout_data, perplexity
+from optimum_blockprune.data.demo_assets import cache_dir, demo_model_path
 from optimum_blockprune.healing import gap_closed, heal
-from optimum_blockprune.loading import load_model_and_tokenizer
-from optimum_blockprune.plugins import get_adapter
-from optimum_blockprune.saving import save_pruned
+from optimum_blockprune.model.loading import load_model_and_tokenizer
+from optimum_blockprune.model.registry import get_adapter
+from optimum_blockprune.output.evaluation import heldout_data, perplexity
+from optimum_blockprune.output.saving import save_pruned
 
 #: The layers `make demo` removes (the default energy's choice for M = 6).
 DEMO_REMOVED = [f"layers.{i}" for i in range(13, 19)]

@@ -27,14 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from optimum_blockprune.analysis import gradient_energy, loss_energy
-from optimum_blockprune.baselines import METHODS, random_configurations, select_baseline
 from optimum_blockprune.config import BlockPruneConfig
-from optimum_blockprune.evaluation import heldout_data, perplexity
-from optimum_blockprune.gates import Gates, removal_gates
-from optimum_blockprune.gradients import gate_gradients
+from optimum_blockprune.energy.gradients import gate_gradients
+from optimum_blockprune.energy.scoring import LossScorer
+from optimum_blockprune.energy.variants import gradient_energy, loss_energy
+from optimum_blockprune.model.gates import Gates, removal_gates
+from optimum_blockprune.output.evaluation import heldout_data, perplexity
 from optimum_blockprune.pruner import BlockPruner
-from optimum_blockprune.scoring import LossScorer
+from optimum_blockprune.selection.baselines import BASELINES, random_configurations, select_baseline
 
 BATCH = 8
 GREEDY = ("shortgpt-iterative", "sleb", "blockpruner")
@@ -169,7 +169,7 @@ def main() -> None:
 
     def run_methods(granularity: str) -> None:
         for method in methods:
-            if method != "energy" and granularity not in METHODS[method].granularities:
+            if method != "energy" and granularity not in BASELINES[method].granularities:
                 continue
             if method == "energy":
                 for m in budgets[granularity]:

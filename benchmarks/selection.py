@@ -19,14 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from optimum_blockprune.analysis import gradient_energy, loss_energy
-from optimum_blockprune.baselines import block_influence, lowest, random_configurations
 from optimum_blockprune.config import BlockPruneConfig
-from optimum_blockprune.evaluation import heldout_data, perplexity
-from optimum_blockprune.gates import Gates, removal_gates
-from optimum_blockprune.gradients import gate_gradients
+from optimum_blockprune.energy.gradients import gate_gradients
+from optimum_blockprune.energy.scoring import LossScorer
+from optimum_blockprune.energy.variants import gradient_energy, loss_energy
+from optimum_blockprune.model.gates import Gates, removal_gates
+from optimum_blockprune.output.evaluation import heldout_data, perplexity
 from optimum_blockprune.pruner import BlockPruner
-from optimum_blockprune.scoring import LossScorer
+from optimum_blockprune.selection.baselines import block_influence, lowest, random_configurations
 from optimum_blockprune.solvers import solution_names, solve
 
 ONE_SHOT = ("fisher", "taylor", "additive", "secant")

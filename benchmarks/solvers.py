@@ -27,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from optimum_blockprune.energy import EnergyModel
-from optimum_blockprune.problem import build_problem
-from optimum_blockprune.solvers.bnb import BranchAndBoundSolver
-from optimum_blockprune.solvers.dwave import TabuSolver
-from optimum_blockprune.solvers.exhaustive import ExhaustiveSolver
+from optimum_blockprune.energy.model import EnergyModel
+from optimum_blockprune.solvers.exact.bnb import BranchAndBoundSolver
+from optimum_blockprune.solvers.exact.exhaustive import ExhaustiveSolver
+from optimum_blockprune.solvers.heuristic.dwave import TabuSolver
+from optimum_blockprune.solvers.problem import build_problem
 
 EXHAUSTIVE_LIMIT = 12_000_000  # configurations; beyond this exhaustive is skipped
 SPECTRUM = np.array([1.0, 0.65, 0.47, 0.32, 0.28, 0.27, 0.25, 0.24])  # SmolLM2 layers, 64 samples
@@ -50,17 +50,17 @@ def random_instance(n: int, samples: int = 2048, seed: int = 0) -> EnergyModel:
 
 def real_instance(granularity: str, samples: int) -> EnergyModel:
     """The Fisher energy of SmolLM2's layers or sublayers from ``samples`` calibration samples."""
-    from optimum_blockprune.demo_assets import cache_dir
+    from optimum_blockprune.data.demo_assets import cache_dir
 
     path = cache_dir() / "solver-benchmark" / f"smollm2-{granularity}-{samples}.safetensors"
     if path.is_file():
         return EnergyModel.load(path)
     import torch
 
-    from optimum_blockprune.adapters.base import count_params
     from optimum_blockprune.blocks import Block
     from optimum_blockprune.config import BlockPruneConfig
-    from optimum_blockprune.gradients import gate_gradients
+    from optimum_blockprune.energy.gradients import gate_gradients
+    from optimum_blockprune.model.adapters.base import count_params
     from optimum_blockprune.pruner import BlockPruner
 
     torch.manual_seed(0)
@@ -103,7 +103,7 @@ def agreement(rows: np.ndarray, energies: np.ndarray, reference) -> float | None
 
 
 def run_instance(name: str, energy: EnergyModel, m: int, top_k: int, args) -> list[dict]:
-    from optimum_blockprune import plugins
+    from optimum_blockprune.solvers.registry import solvers
 
     problem = build_problem(energy, m)
     rows = []
@@ -122,9 +122,9 @@ def run_instance(name: str, energy: EnergyModel, m: int, top_k: int, args) -> li
         record(name, energy, m, top_k, "bnb", bnb, time.perf_counter() - t0 + tabu.info["seconds"], exact)
     )
     rows[-1]["vs_tabu"] = float(bnb.first.energy - tabu.first.energy)
-    if "cpsat" in plugins.solvers() and not args.no_cpsat:
+    if "cpsat" in solvers() and not args.no_cpsat:
         t0 = time.perf_counter()
-        cp = plugins.solvers()["cpsat"].sample(problem, top_k=1, time_limit=args.time_limit)
+        cp = solvers()["cpsat"].sample(problem, top_k=1, time_limit=args.time_limit)
         rows.append(record(name, energy, m, 1, "cpsat", cp, time.perf_counter() - t0, None))
     for row in rows:
         print(format_row(row), flush=True)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+from optimum_blockprune.errors import BlockPruneError
 
 BRANCH_KINDS = ("attn", "mlp", "moe", "mamba")
 KINDS = ("layer", *BRANCH_KINDS)
@@ -50,3 +53,13 @@ def overlapping_blocks(blocks: list[Block]) -> list[tuple[str, str]]:
     would count layer i twice, so no configuration may hold both."""
     layers = {b.layer for b in blocks if b.kind == "layer"}
     return [(block_name(b.layer), b.name) for b in blocks if b.kind != "layer" and b.layer in layers]
+
+
+def positions(names: Sequence[str], wanted: Iterable[str]) -> list[int]:
+    """Positions of the blocks ``wanted`` among ``names``; a one-line error for an unknown name."""
+    lookup = {n: i for i, n in enumerate(names)}
+    wanted = list(wanted)
+    unknown = [w for w in wanted if w not in lookup]
+    if unknown:
+        raise BlockPruneError(f"unknown block {unknown[0]!r}; blocks are named {names[0]} ... {names[-1]}")
+    return [lookup[w] for w in wanted]

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
 import re
 from collections.abc import Mapping, Sequence
+from functools import cache
 
 from optimum.configuration_utils import BaseConfig
 
-from .blocks import GRANULARITIES, KINDS, Block
-from .energy import ENERGY_VARIANTS
-from .errors import BlockPruneError
-from .methods import ENERGY_METHOD, METHODS
+from optimum_blockprune.blocks import GRANULARITIES, KINDS, Block
+from optimum_blockprune.errors import BlockPruneError
+from optimum_blockprune.hookspecs import collect
 
+#: Energy variants (see :mod:`optimum_blockprune.energy.variants`); the first is the default.
+ENERGY_VARIANTS = ("recentred", "secant", "fisher", "taylor", "additive")
 DEFAULT_ENERGY = ENERGY_VARIANTS[0]
+#: The default selection method (see :mod:`optimum_blockprune.selection`).
+DEFAULT_METHOD = "energy"
 
 
 class BlockPruneConfig(BaseConfig):
@@ -24,8 +30,9 @@ class BlockPruneConfig(BaseConfig):
     (``target_params``: parameters the pruned model may keep at most; or ``param_ratio``: the
     fraction of the model's parameters to remove). ``removed_blocks`` is filled in by
     :meth:`BlockPruner.prune` with the chosen block names. ``method`` chooses the blocks:
-    ``energy`` (this project's method, default) or one of the peers' baselines in ``METHODS``
-    (they need a block count, not a parameter budget).
+    ``energy`` (this project's method, default) or any other registered method, such as the
+    peers' baselines (they need a block count, not a parameter budget). An unknown setting is a
+    one-line error naming the closest valid one.
     """
 
     CONFIG_NAME = "blockprune_config.json"
@@ -36,7 +43,7 @@ class BlockPruneConfig(BaseConfig):
     target_params: int | None = None
     param_ratio: float | None = None
     granularity: str = "layer"
-    method: str = ENERGY_METHOD
+    method: str = DEFAULT_METHOD
     energy: str = DEFAULT_ENERGY
     solver: str = "auto"
     top_k: int = 10
@@ -53,6 +60,12 @@ class BlockPruneConfig(BaseConfig):
     removed_blocks: list | None = None
 
     def __post_init__(self, **kwargs) -> None:
+        unknown = [k for k in kwargs if not k.startswith("_") and k not in _inherited_keys()]
+        if unknown:
+            own = [f.name for f in dataclasses.fields(BlockPruneConfig) if f.name not in _inherited_keys()]
+            close = difflib.get_close_matches(unknown[0], own, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"settings are {', '.join(own)}"
+            raise BlockPruneError(f"unknown setting {unknown[0]!r}; {hint}")
         super().__post_init__(**kwargs)
         self.validate_settings()
 
@@ -97,8 +110,9 @@ class BlockPruneConfig(BaseConfig):
             raise BlockPruneError(
                 f"granularity must be one of {', '.join(GRANULARITIES)}, got {self.granularity!r}"
             )
-        if self.method not in METHODS:
-            raise BlockPruneError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        methods = collect("register_methods", lambda method: method.name)
+        if self.method not in methods:
+            raise BlockPruneError(f"method must be one of {', '.join(methods)}, got {self.method!r}")
         if self.energy not in ENERGY_VARIANTS:
             raise BlockPruneError(f"energy must be one of {', '.join(ENERGY_VARIANTS)}, got {self.energy!r}")
         for name in ("top_k", "num_samples", "batch_size"):
@@ -130,6 +144,14 @@ class BlockPruneConfig(BaseConfig):
                 )
             min_params = model_params - self.target_params
         return remove, min_params
+
+
+@cache
+def _inherited_keys() -> frozenset[str]:
+    """Keys a saved config may carry from ``PretrainedConfig`` (versions, flags): not typos."""
+    from transformers import PretrainedConfig
+
+    return frozenset(PretrainedConfig().to_dict()) | {"optimum_version", "model_type"}
 
 
 def parse_remove(text: str) -> int | dict[str, int]:

@@ -118,8 +118,8 @@ def gated_and_pruned(model, blocks, removed: list[str], ids: torch.Tensor):
     Asserts they agree within 1e-4: the check every architecture and every selector must pass."""
     import copy
 
-    from optimum_blockprune.gates import Gates, removal_gates
-    from optimum_blockprune.plugins import get_adapter
+    from optimum_blockprune.model.gates import Gates, removal_gates
+    from optimum_blockprune.model.registry import get_adapter
 
     names = [b.name for b in blocks]
     with torch.no_grad(), Gates(model, get_adapter(model), blocks) as gates:
@@ -135,8 +135,8 @@ def gated_and_pruned(model, blocks, removed: list[str], ids: torch.Tensor):
 
 def save_pruned_model(model, folder) -> None:
     """Save ``model`` as the project does: branch-pruned checkpoints get their loud model type."""
-    from optimum_blockprune.checkpoint import mark_branch_pruned
-    from optimum_blockprune.surgery import layer_skips
+    from optimum_blockprune.model.pruned_format import mark_branch_pruned
+    from optimum_blockprune.model.surgery import layer_skips
 
     model.save_pretrained(folder)
     if layer_skips(model.config):

@@ -12,8 +12,9 @@ from conftest import tiny_model
 from optimum_blockprune import BlockPruneError
 from optimum_blockprune.blocks import Block
 from optimum_blockprune.config import BlockPruneConfig
-from optimum_blockprune.gates import Gates, removal_gates
-from optimum_blockprune.pruner import BlockPruner, _round_targets
+from optimum_blockprune.model.gates import Gates, removal_gates
+from optimum_blockprune.pruner import BlockPruner
+from optimum_blockprune.selection.energy import round_targets
 
 
 def _config(tmp_path, corpus, **kw) -> BlockPruneConfig:
@@ -37,19 +38,19 @@ def test_select_returns_valid_configuration_and_best_reranked(tmp_path, tokenize
 
 def test_recentred_rounds_fix_earlier_choices():
     blocks = [Block(i, "layer", 100) for i in range(10)]
-    assert _round_targets(6, None, [], blocks, "recentred") == [(2, None), (4, None), (6, None)]
-    assert _round_targets(5, None, [], blocks, "recentred") == [(2, None), (4, None), (5, None)]
-    assert _round_targets(5, None, [], blocks, "fisher") == [(5, None)]
+    assert round_targets(6, None, [], blocks, "recentred") == [(2, None), (4, None), (6, None)]
+    assert round_targets(5, None, [], blocks, "recentred") == [(2, None), (4, None), (5, None)]
+    assert round_targets(5, None, [], blocks, "fisher") == [(5, None)]
     with pytest.raises(BlockPruneError):
-        _round_targets(2, None, blocks[:2], blocks, "recentred")
+        round_targets(2, None, blocks[:2], blocks, "recentred")
 
 
 def test_recentred_rounds_scale_kind_counts_and_budgets():
     blocks = [Block(i, k, 100 if k == "attn" else 300) for i in range(10) for k in ("attn", "mlp")]
-    rounds = _round_targets({"attn": 3, "mlp": 2}, 900, [blocks[0]], blocks, "recentred")
+    rounds = round_targets({"attn": 3, "mlp": 2}, 900, [blocks[0]], blocks, "recentred")
     assert rounds == [({"attn": 2, "mlp": 1}, 450), ({"attn": 3, "mlp": 2}, 900)]
     # a budget alone: about RECENTRE_STEP average blocks per round, the last round at the full budget
-    rounds = _round_targets(None, 1200, [], blocks, "recentred")
+    rounds = round_targets(None, 1200, [], blocks, "recentred")
     assert [r[0] for r in rounds] == [None, None, None] and rounds[-1][1] == 1200
 
 
@@ -58,7 +59,7 @@ def test_analyze_energy_fields_are_real_single_removal_losses(tmp_path, tokenize
     config = _config(tmp_path, corpus, remove=1, energy="additive")
     energy = pruner.analyze(config)
     data = pruner.calibration(config)
-    from optimum_blockprune.scoring import per_sample_loss
+    from optimum_blockprune.energy.scoring import per_sample_loss
 
     with Gates(pruner.model, pruner.adapter, pruner.blocks()) as gates, torch.no_grad():
 

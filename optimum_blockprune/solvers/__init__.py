@@ -8,13 +8,14 @@ from typing import Any
 
 import dimod
 
-from ..plugins import hookimpl
-from ..problem import Problem
-from .bnb import BranchAndBoundSolver
-from .dwave import SimulatedAnnealingSolver, TabuSolver
-from .exhaustive import ExhaustiveSolver
-from .registry import Solver, check_options, check_top_k, solution_names, solve
-from .sampler import SolverSampler
+from optimum_blockprune.hookspecs import hookimpl
+from optimum_blockprune.solvers.base import Solver, check_options, check_top_k, make_sampleset
+from optimum_blockprune.solvers.exact.bnb import BranchAndBoundSolver
+from optimum_blockprune.solvers.exact.exhaustive import ExhaustiveSolver
+from optimum_blockprune.solvers.heuristic.dwave import SimulatedAnnealingSolver, TabuSolver
+from optimum_blockprune.solvers.problem import Problem
+from optimum_blockprune.solvers.registry import solution_names, solve, solvers
+from optimum_blockprune.solvers.sampler import SolverSampler
 
 AUTO_THRESHOLD = 2_000_000
 AUTO_TIME_LIMIT = 10.0
@@ -27,13 +28,17 @@ __all__ = [
     "Solver",
     "SolverSampler",
     "TabuSolver",
+    "check_options",
+    "check_top_k",
+    "make_sampleset",
     "register_solvers",
     "solution_names",
     "solve",
+    "solvers",
 ]
 
 
-class AutoSolver:
+class AutoSolver(Solver):
     """Exhaustive (proven optimal) up to ``threshold`` configurations; beyond, branch and bound
     with a time limit (``time_limit``, default 10 s), started from tabu's best configurations:
     ``info["optimal"]`` says whether it finished the proof."""
@@ -42,9 +47,7 @@ class AutoSolver:
     options = ("threshold", "time_limit", "node_limit", "seed", "limit")
 
     def sample(self, problem: Problem, *, top_k: int = 10, **options: Any) -> dimod.SampleSet:
-        check_options(self.name, options, self.options)
-        top_k = check_top_k(top_k)
-        started = time.perf_counter()
+        top_k, started = self.begin(top_k, options)
         threshold = int(options.pop("threshold", AUTO_THRESHOLD))
         seed = options.get("seed", 0)
         if problem.num_configurations <= threshold:

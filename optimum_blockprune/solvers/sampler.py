@@ -16,10 +16,11 @@ from typing import Any
 import dimod
 import numpy as np
 
-from ..blocks import parse_block_name
-from ..energy import EnergyModel
-from ..errors import BlockPruneError
-from ..problem import build_problem
+from optimum_blockprune.blocks import parse_block_name
+from optimum_blockprune.energy.model import EnergyModel
+from optimum_blockprune.errors import BlockPruneError
+from optimum_blockprune.solvers.problem import build_problem
+from optimum_blockprune.solvers.registry import get_solver
 
 
 class SolverSampler(dimod.Sampler):
@@ -29,14 +30,7 @@ class SolverSampler(dimod.Sampler):
     """
 
     def __init__(self, solver: str = "bnb", **defaults: Any) -> None:
-        from .. import plugins
-
-        registry = plugins.solvers()
-        if solver not in registry:
-            raise BlockPruneError(
-                f"unknown solver {solver!r}; registered solvers: {', '.join(sorted(registry))}"
-            )
-        self.solver = registry[solver]
+        self.solver = get_solver(solver)
         self.defaults = defaults
 
     @property

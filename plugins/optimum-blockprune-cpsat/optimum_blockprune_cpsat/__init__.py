@@ -1,39 +1,32 @@
-"""OR-Tools CP-SAT as an optimum-blockprune solver (``cpsat``), registered through the public hook."""
+"""OR-Tools CP-SAT as an optimum-blockprune solver (``cpsat``), registered through the public hook
+and built on the public solver base (option checks, timing, result type)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 import dimod
 import numpy as np
 
-from optimum_blockprune.errors import BlockPruneError
-from optimum_blockprune.plugins import hookimpl
+from optimum_blockprune import hookimpl
+from optimum_blockprune.solvers import Solver, make_sampleset
 
 __all__ = ["CpSatSolver", "register_solvers"]
 
 INTEGER_RANGE = 2**30  # largest scaled objective; CP-SAT works in 64-bit integers, its LP likes them small
 
 
-class CpSatSolver:
+class CpSatSolver(Solver):
     """Exact top-K with OR-Tools CP-SAT on the linearised, integer-scaled energy."""
 
     name = "cpsat"
     options = ("time_limit", "num_workers", "seed")
 
     def sample(self, problem: Any, *, top_k: int = 10, **options: Any) -> dimod.SampleSet:
-        unknown = sorted(set(options) - set(self.options))
-        if unknown:
-            raise BlockPruneError(
-                f"solver 'cpsat' does not accept option(s) {', '.join(unknown)}; accepted: {', '.join(self.options)}"
-            )
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise BlockPruneError(f"top_k must be a positive whole number; got {top_k!r}")
+        top_k, started = self.begin(top_k, options)
         from ortools.sat.python import cp_model
 
-        started = time.perf_counter()
         offset, h, J = problem.reduced()
         n = len(h)
         a = h + np.diag(J)  # E(y) = offset + a·y + Σ_{i<j} B_ij y_i y_j on binaries
@@ -87,11 +80,8 @@ class CpSatSolver:
             if n == 0:
                 break
         X = problem.expand(np.array(rows, dtype=np.int8).reshape(-1, n))
-        X = X[problem.feasible(X)]
-        energies = problem.energy.energies(X)
-        order = np.lexsort((*X.T[::-1], energies))
-        X, energies = X[order], energies[order]
-        best = float(energies[0]) if len(energies) else None
+        energies = problem.energy.energies(X[problem.feasible(X)])
+        best = float(energies.min()) if len(energies) else None
         info = {
             "solver": self.name,
             "optimal": bool(optimal and len(rows)),
@@ -99,11 +89,8 @@ class CpSatSolver:
             "gap": None if bound is None else float(best - min(bound, best)),
             "rounding_error": float(rounding_error),
             "scale": float(scale),
-            "seconds": time.perf_counter() - started,
         }
-        return dimod.SampleSet.from_samples(
-            (X, problem.names), vartype="BINARY", energy=energies, info=info, sort_labels=False
-        )
+        return make_sampleset(problem, X, top_k, started, **info)
 
 
 def _scale(linear: np.ndarray, pair: np.ndarray) -> float:

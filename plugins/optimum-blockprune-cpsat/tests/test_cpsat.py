@@ -8,8 +8,8 @@ import pytest
 pytest.importorskip("ortools")
 
 from optimum_blockprune import BlockPruneError, EnergyModel, solve  # noqa: E402
-from optimum_blockprune.plugins import solvers  # noqa: E402
-from optimum_blockprune.problem import build_problem  # noqa: E402
+from optimum_blockprune.solvers import solvers  # noqa: E402
+from optimum_blockprune.solvers.problem import build_problem  # noqa: E402
 
 
 def energy(n_layers: int, seed: int) -> EnergyModel:

@@ -7,8 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from optimum_blockprune.adapters.base import Adapter
-from optimum_blockprune.plugins import hookimpl
+from optimum_blockprune import Adapter, hookimpl
 
 
 class OPTAdapter(Adapter):

@@ -1,0 +1,2 @@
+"""Exact solvers: exhaustive enumeration and branch and bound (with its node space, bounds, QP and
+SDP relaxations)."""
