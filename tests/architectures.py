@@ -134,10 +134,5 @@ def gated_and_pruned(model, blocks, removed: list[str], ids: torch.Tensor):
 
 
 def save_pruned_model(model, folder) -> None:
-    """Save ``model`` as the project does: branch-pruned checkpoints get their loud model type."""
-    from optimum_blockprune.model.pruned_format import mark_branch_pruned
-    from optimum_blockprune.model.surgery import layer_skips
-
+    """Save ``model`` with plain ``save_pretrained``: branch-pruned configs mark themselves."""
     model.save_pretrained(folder)
-    if layer_skips(model.config):
-        mark_branch_pruned(folder)

@@ -5,7 +5,6 @@ model is saved like a pruned folder (its energy files, report and model card com
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from optimum_blockprune.config import BlockPruneConfig
-from optimum_blockprune.data.atomic import check_output_dir
+from optimum_blockprune.data.atomic import check_output_dir, remove_owned
 from optimum_blockprune.data.calibration import CalibrationData, load_texts
 from optimum_blockprune.errors import BlockPruneError
 from optimum_blockprune.healing.callbacks import BlockPruneMetadataCallback
@@ -24,8 +23,8 @@ from optimum_blockprune.healing.lora import lora_config
 from optimum_blockprune.healing.trainer import HealingTrainer, check_teacher, load_teacher
 from optimum_blockprune.model.loading import load_model_and_tokenizer
 from optimum_blockprune.output.evaluation import heldout_data, perplexity
-from optimum_blockprune.output.layout import REPORT_NAME, read_json
-from optimum_blockprune.output.saving import save_pruned
+from optimum_blockprune.output.layout import REPORT_NAME, is_tool_file, read_json
+from optimum_blockprune.output.saving import check_output, save_pruned
 
 
 @dataclass
@@ -92,7 +91,7 @@ def heal(
     """
     t_start = time.perf_counter()
     output = Path(output)
-    ckpt_dir, resume_from = _plan_checkpoints(output, checkpoint_dir, resume, overwrite)
+    ckpt_dir, resume_from = _plan_checkpoints(output, checkpoint_dir, resume, overwrite, model)
     if max_steps < 1 or batch_size < 1 or seq_len < 2 or save_steps < 0:
         raise BlockPruneError("max_steps and batch_size must be >= 1, seq_len >= 2 and save_steps >= 0")
     check_mix(alpha, temperature)
@@ -110,8 +109,8 @@ def heal(
     dataset = healing_dataset(tokenizer, texts, max_steps * batch_size, seq_len, seed)
     heldout = heldout_data(tokenizer, heldout_samples, seq_len) if heldout_samples else None
     ppl = _perplexities(student, teacher_model, heldout, known_perplexity, progress)
-    if ckpt_dir.exists() and not resume:
-        shutil.rmtree(ckpt_dir)
+    if not resume:
+        remove_owned(ckpt_dir, is_tool_file)
     args = _training_args(
         ckpt_dir, alpha, temperature, max_steps, batch_size, lr, save_steps, seq_len, seed, progress
     )
@@ -160,10 +159,10 @@ def heal(
         overwrite=overwrite,
         energy_source=Path(model_id),
         extra_versions=_heal_versions(),
-        mark_branches=False,
+        source=model_id,
     )
     if not keep_checkpoints:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        remove_owned(ckpt_dir, is_tool_file)
     return HealResult(output.resolve(), report)
 
 
@@ -242,10 +241,15 @@ def _on_device(data: Any, model: nn.Module) -> Any:
 
 
 def _plan_checkpoints(
-    output: Path, checkpoint_dir: str | Path | None, resume: bool, overwrite: bool
+    output: Path,
+    checkpoint_dir: str | Path | None,
+    resume: bool,
+    overwrite: bool,
+    source: str | Path | None = None,
 ) -> tuple[Path, Path | None]:
-    """(checkpoint folder, checkpoint to resume from); refuses what would lose or mix runs."""
-    check_output_dir(output, overwrite)
+    """(checkpoint folder, checkpoint to resume from); refuses what would lose or mix runs, write
+    into the model's own folder ``source``, or delete files this tool did not write."""
+    check_output(output, overwrite, source=source)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else output.with_name(output.name + "-checkpoints")
     if resume:
         resume_from = last_complete_checkpoint(ckpt_dir)
@@ -257,6 +261,7 @@ def _plan_checkpoints(
             f"checkpoint folder {ckpt_dir} holds an earlier run; pass --resume to continue it "
             "or --overwrite to start over"
         )
+    check_output_dir(ckpt_dir, overwrite, owned=is_tool_file, source=source)
     return ckpt_dir, None
 
 

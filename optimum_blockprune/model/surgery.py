@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from torch import nn
 from transformers import PretrainedConfig
 
+from optimum_blockprune.model.pruned_format import mark_config
+
 # Lists with one entry per layer: keep the entries of kept layers.
 PER_LAYER_LISTS = (
     "layer_types",
@@ -72,10 +74,12 @@ def layer_overrides(config: PretrainedConfig) -> dict[int, dict]:
 
 
 def set_layer_overrides(config: PretrainedConfig, overrides: dict[int, dict]) -> None:
-    """Replace ``per_layer_config`` by ``overrides`` (validated by transformers on assignment)."""
+    """Replace ``per_layer_config`` by ``overrides`` (validated by transformers on assignment); a
+    config that now skips a branch is marked so that every save of it is a branch-pruned checkpoint."""
     config.per_layer_config = None
     if overrides:
         config.per_layer_config = {int(k): v for k, v in sorted(overrides.items())}
+    mark_config(config)
 
 
 def layer_skips(config: PretrainedConfig) -> dict[int, list[str]]:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 from dataclasses import dataclass, field
@@ -18,6 +19,53 @@ from optimum_blockprune.errors import BlockPruneError
 REPORT_NAME = "blockprune_report.json"
 ENERGY_NAME = "blockprune_energy.safetensors"
 CONFIG_NAME = BlockPruneConfig.CONFIG_NAME
+CARD_NAME = "README.md"
+HTML_NAME = "report.html"
+MARKDOWN_NAME = "report.md"
+FILES_DIR = "report_files"
+
+#: Every top-level name this tool (with transformers' ``save_pretrained``, a tokenizer's
+#: ``save_pretrained`` and the Trainer's checkpoints) may write in an output or checkpoint folder.
+#: ``--overwrite`` replaces a folder only when all its entries match one of these.
+TOOL_FILE_PATTERNS = (
+    "blockprune_*",
+    CARD_NAME,
+    HTML_NAME,
+    MARKDOWN_NAME,
+    FILES_DIR,
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model-*-of-*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "checkpoint-*",
+    "runs",
+    "trainer_state.json",
+    "training_args.bin",
+    ".*.tmp-*",
+)
+
+
+def is_tool_file(name: str) -> bool:
+    """Whether ``name`` (an entry at the top of an output folder) is one this tool writes."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in TOOL_FILE_PATTERNS)
+
+
+def is_report_image(name: str) -> bool:
+    """Whether ``name`` (an entry of ``report_files/``) is one of the report's plots."""
+    return fnmatch.fnmatchcase(name, "*.png")
 
 
 def energy_file_name(round_number: int) -> str:

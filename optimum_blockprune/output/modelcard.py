@@ -12,9 +12,8 @@ from optimum_blockprune.blocks import parse_block_name
 from optimum_blockprune.data.atomic import atomic_file
 from optimum_blockprune.energy.model import EnergyModel
 from optimum_blockprune.errors import BlockPruneError
-from optimum_blockprune.output.layout import CONFIG_NAME, ENERGY_NAME, REPORT_NAME, Run, read_json
+from optimum_blockprune.output.layout import CARD_NAME, CONFIG_NAME, ENERGY_NAME, REPORT_NAME, Run, read_json
 
-CARD_NAME = "README.md"
 TAGS = ["optimum-blockprune", "pruned", "depth-pruning", "block-removal"]
 #: The demo model is a local conversion of this hub model (from its Q4_1 GGUF file).
 DEMO_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"

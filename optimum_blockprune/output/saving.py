@@ -12,10 +12,9 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from optimum_blockprune.config import BlockPruneConfig
-from optimum_blockprune.data.atomic import atomic_output_dir, write_json_atomic
-from optimum_blockprune.model.pruned_format import mark_branch_pruned
-from optimum_blockprune.model.surgery import layer_skips
-from optimum_blockprune.output.layout import REPORT_NAME, energy_file_name
+from optimum_blockprune.data.atomic import atomic_output_dir, check_output_dir, write_json_atomic
+from optimum_blockprune.model.pruned_format import mark_config
+from optimum_blockprune.output.layout import REPORT_NAME, energy_file_name, is_tool_file
 from optimum_blockprune.output.modelcard import write_model_card
 from optimum_blockprune.output.report import build_report
 
@@ -36,6 +35,13 @@ def versions() -> dict[str, str]:
     return out
 
 
+def check_output(save_dir: str | Path, overwrite: bool = False, *, source: str | Path | None = None) -> Path:
+    """Refuse, before any work, an output folder :func:`save_pruned` would refuse: a file, the
+    input model's folder ``source``, a non-empty folder without ``overwrite``, or one holding files
+    this tool does not write (``--overwrite`` replaces only its own files)."""
+    return check_output_dir(save_dir, overwrite, owned=is_tool_file, source=source)
+
+
 def save_pruned(
     model: nn.Module,
     tokenizer: Any,
@@ -48,7 +54,7 @@ def save_pruned(
     write_report: bool = True,
     energy_source: Path | None = None,
     extra_versions: dict[str, str] | None = None,
-    mark_branches: bool = True,
+    source: str | Path | None = None,
 ) -> Path:
     """Write a pruned (or healed) model folder to a temporary sibling, then rename it into place.
 
@@ -56,12 +62,17 @@ def save_pruned(
     under ``energy_files`` (``report`` is updated in place); or, for a healed copy, the files the
     report lists are copied from ``energy_source``. A model card (README.md) is written whenever
     there is a ``config``; with ``write_report`` and every energy file the visual report too (see
-    :mod:`optimum_blockprune.output.report`). ``extra_versions`` join the recorded package versions."""
+    :mod:`optimum_blockprune.output.report`). ``extra_versions`` join the recorded package versions.
+    An existing ``save_dir`` is replaced only with ``overwrite`` and only if it holds nothing but
+    files this tool writes; ``source`` (the input model's folder, by default the folder ``model``
+    was loaded from) is never written into. A model
+    with removed branches is saved with the branch-pruned marker (see
+    :mod:`optimum_blockprune.model.pruned_format`)."""
     target = Path(save_dir)
-    with atomic_output_dir(target, overwrite) as tmp:
+    source = source if source is not None else loaded_from(model)
+    with atomic_output_dir(target, overwrite, owned=is_tool_file, source=source) as tmp:
+        mark_config(model.config)
         model.save_pretrained(tmp)
-        if mark_branches and layer_skips(model.config):
-            mark_branch_pruned(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if config is not None:
@@ -73,6 +84,12 @@ def save_pruned(
         if config is not None:
             write_model_card(tmp, name=target.name, with_report=visual)
     return target.resolve()
+
+
+def loaded_from(model: nn.Module) -> Path | None:
+    """The local folder ``model`` was loaded from, if any (``name_or_path`` of its config)."""
+    name = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
+    return Path(name) if name and Path(name).is_dir() else None
 
 
 def _write_energies(

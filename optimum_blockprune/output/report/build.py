@@ -16,12 +16,16 @@ from typing import Any
 
 from optimum_blockprune.data.atomic import atomic_file, atomic_output_dir
 from optimum_blockprune.errors import BlockPruneError
-from optimum_blockprune.output.layout import Run, load_run, read_json
+from optimum_blockprune.output.layout import (
+    FILES_DIR,
+    HTML_NAME,
+    MARKDOWN_NAME,
+    Run,
+    is_report_image,
+    load_run,
+    read_json,
+)
 from optimum_blockprune.output.modelcard import base_model_id
-
-HTML_NAME = "report.html"
-MARKDOWN_NAME = "report.md"
-FILES_DIR = "report_files"
 
 
 @dataclass
@@ -345,7 +349,7 @@ def build_report(
     try:
         output.mkdir(parents=True, exist_ok=True)
         # the PNG folder is swapped whole and the pages come last: a reader never sees a page without its images
-        with atomic_output_dir(output / FILES_DIR, overwrite=True) as images:
+        with atomic_output_dir(output / FILES_DIR, overwrite=True, owned=is_report_image) as images:
             for p in plots:
                 (images / f"{p.key}.png").write_bytes(p.png)
         for page, text in pages.items():
