@@ -1,4 +1,4 @@
-"""``optimum-cli blockprune analyze | solve | prune | heal | report | eval``: one thin module per
+"""``optimum-cli blockprune analyze | solve | prune | apply | heal | report | eval``: one thin module per
 subcommand (each turns its arguments into a library call), plus the demo (:mod:`.demo`).
 Heavy imports happen inside each command's ``execute``, so ``optimum-cli`` starts fast.
 
@@ -12,6 +12,7 @@ import sys
 from optimum.commands.base import BaseOptimumCLICommand, CommandInfo
 
 from optimum_blockprune.cli.analyze import AnalyzeCommand
+from optimum_blockprune.cli.apply import ApplyCommand
 from optimum_blockprune.cli.eval import EvalCommand
 from optimum_blockprune.cli.heal import HealCommand
 from optimum_blockprune.cli.prune import PruneCommand
@@ -20,6 +21,7 @@ from optimum_blockprune.cli.solve import SolveCommand
 
 __all__ = [
     "AnalyzeCommand",
+    "ApplyCommand",
     "BlockPruneCommand",
     "EvalCommand",
     "HealCommand",
@@ -39,6 +41,7 @@ class BlockPruneCommand(BaseOptimumCLICommand):
         CommandInfo(name="analyze", help=AnalyzeCommand.COMMAND.help, subcommand_class=AnalyzeCommand),
         CommandInfo(name="solve", help=SolveCommand.COMMAND.help, subcommand_class=SolveCommand),
         CommandInfo(name="prune", help=PruneCommand.COMMAND.help, subcommand_class=PruneCommand),
+        CommandInfo(name="apply", help=ApplyCommand.COMMAND.help, subcommand_class=ApplyCommand),
         CommandInfo(name="heal", help=HealCommand.COMMAND.help, subcommand_class=HealCommand),
         CommandInfo(name="report", help=ReportCommand.COMMAND.help, subcommand_class=ReportCommand),
         CommandInfo(name="eval", help=EvalCommand.COMMAND.help, subcommand_class=EvalCommand),

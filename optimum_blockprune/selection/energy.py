@@ -72,10 +72,12 @@ def select_energy(request: Request) -> Selection:
     rounds: list[dict[str, Any]] = []
     energies: list[EnergyModel] = []
     targets = round_targets(remove, min_params, [blocks[i] for i in rules.force], blocks, config.energy)
+    if request.energy is not None:  # a saved analysis: one round on it
+        targets = targets[-1:]
     for r, (target, target_params) in enumerate(targets):
         t0, last = time.perf_counter(), r == len(targets) - 1
         exclude = [n for n in names if pool is not None and n not in pool and n not in chosen]
-        energy = round_energy(request, chosen, exclude)
+        energy = request.energy or round_energy(request, chosen, exclude)
         energies.append(energy)
         taken = {*chosen, *exclude, *rules.protect_names}
         pool = cheapest_per_kind(energy, blocks, [i for i, n in enumerate(names) if n not in taken])
