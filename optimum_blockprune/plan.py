@@ -120,8 +120,9 @@ def adapter_for(model_config: Any, name: str | None = None) -> Adapter | None:
     return None
 
 
-def skeleton_blocks(model_config: Any, adapter: Adapter | None, granularity: str) -> list[Block] | None:
-    """The adapter's blocks of a weightless (meta device) model, or ``None`` when not certain."""
+def skeleton(model_config: Any, adapter: Adapter | None) -> Any:
+    """The model built on the meta device (no memory, no weights), or ``None`` when that is not
+    certain to show its blocks (the generic adapter proves itself on real weights)."""
     if adapter is None or getattr(adapter, "fallback", False):
         return None
     import torch
@@ -131,9 +132,21 @@ def skeleton_blocks(model_config: Any, adapter: Adapter | None, granularity: str
 
     try:
         with skips_applied(model_config), torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(model_config)
-        return adapter.blocks(model, granularity)
+            return AutoModelForCausalLM.from_config(model_config)
     except Exception:  # an architecture the skeleton cannot show: the checks wait for the model
+        return None
+
+
+def skeleton_blocks(model_config: Any, adapter: Adapter | None, granularity: str) -> list[Block] | None:
+    """The adapter's blocks of the weightless model, or ``None`` when not certain."""
+    model = skeleton(model_config, adapter)
+    return None if model is None else _blocks(adapter, model, granularity)
+
+
+def _blocks(adapter: Adapter, model: Any, granularity: str) -> list[Block] | None:
+    try:
+        return adapter.blocks(model, granularity)
+    except Exception:
         return None
 
 
@@ -145,18 +158,24 @@ def validate_request(
     overwrite: bool = False,
     revision: str | None = None,
     adapter: str | None = None,
+    blocks: Sequence[str] | None = None,
 ) -> Plan:
     """Check everything about a pruning request that can be checked without weights; a
-    :class:`SettingError` naming the setting and the fix for the first problem found."""
+    :class:`SettingError` naming the setting and the fix for the first problem found. ``blocks``:
+    names to remove as given (``apply``), checked against the model's layers and branches."""
     check_settings(config)
     source, model_config = resolve_model(model, revision)
     chosen = adapter_for(model_config, adapter)
-    blocks = skeleton_blocks(model_config, chosen, config.granularity)
-    if blocks is not None:
-        check_settings(config, blocks)
     if output is not None:
         check_output(output, overwrite, source)
-    return Plan(source, model_config, chosen, blocks, revision)
+    meta = skeleton(model_config, chosen)
+    if meta is not None and blocks is not None:
+        every = (_blocks(chosen, meta, "mixed") or []) + (_blocks(chosen, meta, "sublayer") or [])
+        check_blocks(blocks, every)
+    found = None if meta is None else _blocks(chosen, meta, config.granularity)
+    if found is not None:
+        check_settings(config, found)
+    return Plan(source, model_config, chosen, found, revision)
 
 
 def check_output(output: str | Path, overwrite: bool, source: str | None = None) -> Path:

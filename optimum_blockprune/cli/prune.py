@@ -92,7 +92,7 @@ def apply_blocks(args: Namespace, blocks: list[str], output: str) -> None:
     """Remove ``blocks`` from ``--model`` and save to ``output`` (``apply``, ``prune --blocks``,
     ``solve --apply``), checked before the model loads."""
     from optimum_blockprune.config import BlockPruneConfig
-    from optimum_blockprune.plan import check_blocks, granularity_of, skeleton_blocks, validate_request
+    from optimum_blockprune.plan import granularity_of, validate_request
     from optimum_blockprune.pruner import BlockPruner
 
     if not blocks:
@@ -107,11 +107,8 @@ def apply_blocks(args: Namespace, blocks: list[str], output: str) -> None:
         overwrite=args.overwrite,
         revision=args.revision,
         adapter=args.adapter,
+        blocks=blocks,
     )
-    if plan.blocks is not None:
-        check_blocks(
-            blocks, plan.blocks + (skeleton_blocks(plan.model_config, plan.adapter, "sublayer") or [])
-        )
     pruner = BlockPruner.from_pretrained(plan.model, adapter=args.adapter, revision=plan.revision)
     no_report = getattr(args, "no_report", False)
     result = pruner.remove(
