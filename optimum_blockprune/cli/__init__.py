@@ -8,6 +8,7 @@ Also runnable as ``python -m optimum_blockprune.cli <subcommand> ...``.
 from __future__ import annotations
 
 import sys
+from argparse import ArgumentParser
 
 from optimum.commands.base import BaseOptimumCLICommand, CommandInfo
 
@@ -37,6 +38,13 @@ class BlockPruneCommand(BaseOptimumCLICommand):
         name="blockprune",
         help="Depth pruning: remove whole transformer blocks chosen by constrained binary optimisation.",
     )
+
+    @staticmethod
+    def parse_args(parser: ArgumentParser) -> None:
+        from optimum_blockprune import __version__
+
+        parser.add_argument("--version", action="version", version=f"optimum-blockprune {__version__}")
+
     SUBCOMMANDS = (
         CommandInfo(name="analyze", help=AnalyzeCommand.COMMAND.help, subcommand_class=AnalyzeCommand),
         CommandInfo(name="solve", help=SolveCommand.COMMAND.help, subcommand_class=SolveCommand),

@@ -106,3 +106,18 @@ def test_python_users_get_the_same_checks(config_only, tmp_path):
     )
     assert plan.adapter.name == "llama" and len(plan.blocks) == 12
     assert not (tmp_path / "o").exists()
+
+
+def test_one_surface_for_every_subcommand(tmp_path, tiny_model_dir):
+    assert run("--version").stdout.startswith("optimum-blockprune ")
+    for command in ("analyze", "prune", "apply", "eval", "heal", "report"):
+        text = run(command, "--help").stdout
+        assert "--model" in text and "-m" in text, command
+    for command in ("analyze", "prune", "apply", "heal"):
+        assert "--output" in run(command, "--help").stdout, command
+    assert (
+        "--text-column" not in run("eval", "--help").stdout and "--text-field" in run("eval", "--help").stdout
+    )
+    assert "--input" not in run("report", "--help").stdout
+    assert_user_error(run("report", "--input", str(tiny_model_dir)), "not a pruned model folder")  # old name
+    assert_user_error(run("eval", "--model", str(tmp_path / "nope")), "--model")
