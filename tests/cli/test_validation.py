@@ -121,3 +121,16 @@ def test_one_surface_for_every_subcommand(tmp_path, tiny_model_dir):
     assert "--input" not in run("report", "--help").stdout
     assert_user_error(run("report", "--input", str(tiny_model_dir)), "not a pruned model folder")  # old name
     assert_user_error(run("eval", "--model", str(tmp_path / "nope")), "--model")
+
+
+def test_heal_checks_its_request_before_loading(tmp_path, config_only):
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("precious")
+    assert_user_error(run("heal", "-m", str(config_only), "-o", str(busy)), "pass --overwrite")
+    assert [p.name for p in busy.iterdir()] == ["keep.txt"]
+    out = tmp_path / "healed"
+    proc = run("heal", "-m", str(config_only), "--data", "missing.txt", "-o", str(out), cwd=tmp_path)
+    assert_user_error(proc, "--data missing.txt")
+    assert_user_error(run("heal", "-o", str(out)), "--model")
+    assert not out.exists()
