@@ -36,7 +36,8 @@ __all__ = [
 
 #: The value of ``model`` (``--model demo``) that selects the bundled demo model.
 DEMO_MODEL = "demo"
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+#: ``name`` or ``owner/name``, as the Hub spells repository ids.
+_HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 
 
 @dataclass
@@ -54,7 +55,7 @@ class Plan:
 
 def _local_looking(source: str) -> bool:
     """A path rather than a Hub id: starts like a path, or its parent folder exists."""
-    if source.startswith((".", "/", "~")) or not _HUB_ID.match(source):
+    if source.startswith((".", "/", "~", "\\")) or not _HUB_ID.fullmatch(source):
         return True
     parent = Path(source).parent
     return str(parent) not in ("", ".") and parent.is_dir()
@@ -164,10 +165,19 @@ def validate_request(
     :class:`SettingError` naming the setting and the fix for the first problem found. ``blocks``:
     names to remove as given (``apply``), checked against the model's layers and branches."""
     check_settings(config)
+    if blocks is not None:
+        granularity_of(blocks)
     source, model_config = resolve_model(model, revision)
     chosen = adapter_for(model_config, adapter)
     if output is not None:
         check_output(output, overwrite, source)
+    layers = getattr(model_config, "num_hidden_layers", None) if chosen is not None else None
+    if isinstance(layers, int) and layers > 0:  # the layer count alone settles these, without a skeleton
+        whole = [Block(i, "layer", 0) for i in range(layers)]
+        if config.granularity == "layer":
+            _check_counts(config, whole)
+        for setting, names in (("protect", config.protect), ("force", config.force), ("blocks", blocks)):
+            _check_range(names or [], layers, setting)
     meta = skeleton(model_config, chosen)
     if meta is not None and blocks is not None:
         every = (_blocks(chosen, meta, "mixed") or []) + (_blocks(chosen, meta, "sublayer") or [])
@@ -206,11 +216,13 @@ def check_settings(config: BlockPruneConfig, blocks: Sequence[Block] | None = No
     if config.granularity not in method.granularities:
         raise SettingError(
             "granularity",
-            f"method {config.method} works at {{name}} {' or '.join(method.granularities)}, not {config.granularity}; "
-            "change --granularity or --method",
+            f"method {config.method!r} works at {{name}} {' or '.join(method.granularities)}, "
+            f"not {config.granularity!r}; pass {{name}} {method.granularities[0]} or choose another method",
         )
     _check_kinds(config)
     check_calibration(config.calibration)
+    for setting in ("protect", "force"):  # spelling first: it needs no model
+        granularity_of(getattr(config, setting) or [], setting)
     if blocks is not None:
         _check_counts(config, blocks)
         for setting in ("protect", "force"):
@@ -281,15 +293,26 @@ def check_blocks(names: Iterable[str], blocks: Sequence[Block], setting: str = "
             )
 
 
-def granularity_of(names: Iterable[str]) -> str:
-    """The granularity a list of block names needs: ``layer``, ``sublayer`` or ``mixed``."""
+def _check_range(names: Iterable[str], layers: int, setting: str) -> None:
+    """Every (well-spelt) name's layer index lies below the model's layer count."""
+    for name in names:
+        if parse_block_name(name)[0] >= layers:
+            raise SettingError(
+                setting,
+                f"{{name}}: {name} is out of range; the model's layers are layers.0 ... layers.{layers - 1}",
+            )
+
+
+def granularity_of(names: Iterable[str], setting: str = "blocks") -> str:
+    """The granularity a list of block names needs: ``layer``, ``sublayer`` or ``mixed``; a
+    misspelt name is an error naming ``setting`` and the name most likely meant."""
     kinds = set()
     for name in names:
         try:
             kinds.add(parse_block_name(name)[1])
         except ValueError:
             raise SettingError(
-                "blocks", f"{{name}}: {name!r} is not a block name; did you mean {_guess(name)}?"
+                setting, f"{{name}}: {name!r} is not a block name; did you mean {_guess(name)}?"
             ) from None
     return "layer" if kinds <= {"layer"} else "sublayer" if "layer" not in kinds else "mixed"
 
