@@ -33,6 +33,7 @@ _LAZY = {
     "lora_config": "optimum_blockprune.healing.lora",
     "perplexity": "optimum_blockprune.output.evaluation",
     "solve": "optimum_blockprune.solvers.registry",
+    "validate_request": "optimum_blockprune.plan",
 }
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "solve",
     "Solver",
     "SolverSampler",
+    "validate_request",
     "__version__",
 ]
 
@@ -74,6 +76,7 @@ if TYPE_CHECKING:  # what IDEs and type checkers see; at run time each name load
     from optimum_blockprune.model.registry import get_adapter
     from optimum_blockprune.output.evaluation import perplexity
     from optimum_blockprune.output.report.build import build_report
+    from optimum_blockprune.plan import validate_request
     from optimum_blockprune.pruner import BlockPruner
     from optimum_blockprune.selection.registry import Method
     from optimum_blockprune.solvers.base import Solver

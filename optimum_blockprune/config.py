@@ -12,7 +12,7 @@ from functools import cache
 from optimum.configuration_utils import BaseConfig
 
 from optimum_blockprune.blocks import GRANULARITIES, KINDS, Block
-from optimum_blockprune.errors import BlockPruneError
+from optimum_blockprune.errors import BlockPruneError, SettingError
 from optimum_blockprune.hookspecs import collect
 
 #: Energy variants (see :mod:`optimum_blockprune.energy.variants`); the first is the default.
@@ -70,56 +70,74 @@ class BlockPruneConfig(BaseConfig):
         self.validate_settings()
 
     def validate_settings(self) -> None:
-        """Raise BlockPruneError naming the first bad setting and how to fix it."""
+        """Raise :class:`SettingError` naming the first bad setting and how to fix it."""
         if self.remove is not None and self.ratio is not None:
-            raise BlockPruneError("give remove (a block count) or ratio (a fraction of blocks), not both")
+            raise SettingError(
+                "ratio", "give remove (a block count) or {name} (a fraction of blocks), not both"
+            )
         if self.target_params is not None and self.param_ratio is not None:
-            raise BlockPruneError("give target_params or param_ratio (a parameter budget), not both")
+            raise SettingError("param_ratio", "give target_params or {name} (a parameter budget), not both")
         if all(getattr(self, k) is None for k in ("remove", "ratio", "target_params", "param_ratio")):
             raise BlockPruneError(
                 "say how much to remove: remove (blocks, or counts per kind), ratio, target_params or param_ratio"
             )
+        self._validate_amounts()
+        self._validate_choices()
+        for name in ("top_k", "num_samples", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise SettingError(name, "{name} must be a whole number >= 1, got " + repr(value))
+        if not isinstance(self.seq_len, int) or self.seq_len < 2:
+            raise SettingError("seq_len", f"{{name}} must be a whole number >= 2, got {self.seq_len!r}")
+
+    def _validate_amounts(self) -> None:
+        """How much to remove: counts, ratios and the parameter budget."""
         if isinstance(self.remove, Mapping):
             self.remove = {str(k): v for k, v in self.remove.items()}
             for kind, count in self.remove.items():
                 if kind not in KINDS:
-                    raise BlockPruneError(
-                        f"unknown block kind {kind!r} in remove; kinds are {', '.join(KINDS)}"
+                    raise SettingError(
+                        "remove", f"unknown block kind {kind!r} in {{name}}; kinds are {', '.join(KINDS)}"
                     )
                 if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-                    raise BlockPruneError(f"remove[{kind!r}] must be a whole number >= 0, got {count!r}")
+                    raise SettingError(
+                        "remove", f"{{name}} {kind}= must be a whole number >= 0, got {count!r}"
+                    )
             if not any(self.remove.values()):
-                raise BlockPruneError("remove names no blocks; give a positive count for at least one kind")
+                raise SettingError(
+                    "remove", "{name} names no blocks; give a positive count for at least one kind"
+                )
         elif self.remove is not None and (
             not isinstance(self.remove, int) or isinstance(self.remove, bool) or self.remove <= 0
         ):
-            raise BlockPruneError(f"remove must be a positive number of blocks, got {self.remove!r}")
-        if self.ratio is not None and not 0 < float(self.ratio) < 1:
-            raise BlockPruneError(f"ratio must lie strictly between 0 and 1, got {self.ratio!r}")
-        if self.param_ratio is not None and not 0 < float(self.param_ratio) < 1:
-            raise BlockPruneError(f"param_ratio must lie strictly between 0 and 1, got {self.param_ratio!r}")
+            raise SettingError("remove", f"{{name}} must be a positive number of blocks, got {self.remove!r}")
+        for name in ("ratio", "param_ratio"):
+            value = getattr(self, name)
+            if value is not None and not 0 < float(value) < 1:
+                raise SettingError(name, f"{{name}} must lie strictly between 0 and 1, got {value!r}")
         if self.target_params is not None and (
             not isinstance(self.target_params, int)
             or isinstance(self.target_params, bool)
             or self.target_params <= 0
         ):
-            raise BlockPruneError(
-                f"target_params must be a positive number of parameters, got {self.target_params!r}"
+            raise SettingError(
+                "target_params",
+                f"{{name}} must be a positive number of parameters, got {self.target_params!r}",
             )
+
+    def _validate_choices(self) -> None:
+        """Settings chosen from a list: granularity, method, energy."""
         if self.granularity not in GRANULARITIES:
-            raise BlockPruneError(
-                f"granularity must be one of {', '.join(GRANULARITIES)}, got {self.granularity!r}"
+            raise SettingError(
+                "granularity", f"{{name}} must be one of {', '.join(GRANULARITIES)}, got {self.granularity!r}"
             )
         methods = collect("register_methods", lambda method: method.name)
         if self.method not in methods:
-            raise BlockPruneError(f"method must be one of {', '.join(methods)}, got {self.method!r}")
+            raise SettingError("method", f"{{name}} must be one of {', '.join(methods)}, got {self.method!r}")
         if self.energy not in ENERGY_VARIANTS:
-            raise BlockPruneError(f"energy must be one of {', '.join(ENERGY_VARIANTS)}, got {self.energy!r}")
-        for name in ("top_k", "num_samples", "batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise BlockPruneError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if not isinstance(self.seq_len, int) or self.seq_len < 2:
-            raise BlockPruneError(f"seq_len must be an integer >= 2, got {self.seq_len!r}")
+            raise SettingError(
+                "energy", f"{{name}} must be one of {', '.join(ENERGY_VARIANTS)}, got {self.energy!r}"
+            )
 
     def removal_target(
         self, blocks: Sequence[Block], model_params: int

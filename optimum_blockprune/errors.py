@@ -16,3 +16,21 @@ def require_extra(module: str, extra: str, feature: str) -> None:
         raise BlockPruneError(
             f"{feature} needs the optional dependency {module!r}: pip install 'optimum-blockprune[{extra}]'"
         ) from None
+
+
+class SettingError(BlockPruneError):
+    """A bad value of one setting. The message names the setting as Python spells it
+    (``top_k``); :meth:`flagged` names it as the command line does (``--top-k``)."""
+
+    def __init__(self, setting: str, template: str) -> None:
+        self.setting, self.template = setting, template
+        super().__init__(template.replace("{name}", setting))
+
+    @property
+    def flag(self) -> str:
+        """The command-line flag of the setting: ``top_k`` -> ``--top-k``."""
+        return "--" + self.setting.replace("_", "-")
+
+    def flagged(self) -> str:
+        """The message with the setting named by its flag."""
+        return self.template.replace("{name}", self.flag)

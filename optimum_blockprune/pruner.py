@@ -4,7 +4,7 @@ surgery → save. It sits above every stage it drives (selection, output) and be
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,20 +14,25 @@ from torch import nn
 
 from optimum_blockprune.blocks import Block, positions
 from optimum_blockprune.config import BlockPruneConfig
-from optimum_blockprune.data.atomic import check_output_dir
 from optimum_blockprune.data.calibration import CalibrationData, build_calibration, load_texts
 from optimum_blockprune.energy.distributed import Processes
 from optimum_blockprune.energy.model import EnergyModel
 from optimum_blockprune.energy.scoring import LossScorer
 from optimum_blockprune.energy.variants import analyze
-from optimum_blockprune.errors import BlockPruneError
+from optimum_blockprune.errors import BlockPruneError, SettingError
 from optimum_blockprune.model.adapters.base import Adapter, count_params
 from optimum_blockprune.model.registry import get_adapter
 from optimum_blockprune.output.saving import save_pruned
+from optimum_blockprune.plan import check_blocks, check_output, check_settings, granularity_of
 from optimum_blockprune.selection.registry import Request, Selection, get_method
 from optimum_blockprune.solvers import solve
 
 __all__ = ["BlockPruner", "PruneResult", "Selection"]
+
+
+#: The ``method`` a report records when the blocks were given (:meth:`BlockPruner.remove`).
+GIVEN_METHOD = "given"
+GIVEN_SUMMARY = "The blocks to remove were given by the user (optimum-cli blockprune apply)."
 
 
 @dataclass
@@ -57,8 +62,10 @@ class BlockPruner:
         device_map: str | dict | None = None,
         max_memory: dict | None = None,
         offload_folder: str | Path | None = None,
+        revision: str | None = None,
     ) -> BlockPruner:
-        """Load a model folder (default: the bundled demo model) or wrap an in-memory model.
+        """Load a model folder, a Hub id (at ``revision``) or ``"demo"`` (the bundled demo model;
+        also ``None``), or wrap an in-memory model.
 
         ``device_map`` / ``max_memory`` / ``offload_folder`` place a large model over GPUs, CPU
         and disk (see :func:`optimum_blockprune.loading.load_model_and_tokenizer`)."""
@@ -71,6 +78,7 @@ class BlockPruner:
             device_map=device_map,
             max_memory=max_memory,
             offload_folder=offload_folder,
+            revision=revision,
         )
         return cls(model, tokenizer, get_adapter(model, adapter), model_id)
 
@@ -156,7 +164,11 @@ class BlockPruner:
 
     # ----------------------------------------------------------------- selection
     def select(
-        self, config: BlockPruneConfig, progress: bool = False, scorer: LossScorer | None = None
+        self,
+        config: BlockPruneConfig,
+        progress: bool = False,
+        scorer: LossScorer | None = None,
+        energy: EnergyModel | None = None,
     ) -> Selection:
         """Choose the blocks to remove with the registered method ``config.method`` (default:
         ``energy``; see :mod:`optimum_blockprune.selection`)."""
@@ -173,6 +185,7 @@ class BlockPruner:
             self.model_id,
             scorer,
             progress,
+            energy,
         )
         selection = method.select(request)
         # a plugin's method may leave its work uncounted: the report and the CLI read these keys
@@ -200,12 +213,81 @@ class BlockPruner:
                 "prune runs in one process; under accelerate launch run 'analyze' "
                 "(--energy fisher or taylor), then 'solve'"
             )
-        check_output_dir(save_dir, overwrite)
+        check_output(save_dir, overwrite, self.model_id)
+        check_settings(config, self.blocks(config.granularity))
         t0 = time.perf_counter()
+        selection = self.select(config, progress=progress)
+        return self._finish(config, selection, save_dir, time.perf_counter() - t0, overwrite, write_report)
+
+    def prune_from_energy(
+        self,
+        config: BlockPruneConfig,
+        energy_file: str | Path,
+        save_dir: str | Path,
+        *,
+        overwrite: bool = False,
+        write_report: bool = True,
+    ) -> PruneResult:
+        """:meth:`prune` with the energy model ``analyze`` saved: solved once and reranked on real
+        loss, not recomputed (the ``energy`` method only)."""
+        energy = EnergyModel.load(energy_file)
+        if config.method != "energy":
+            raise SettingError("energy_file", "{name} needs --method energy")
+        names = [b.name for b in self.blocks(config.granularity)]
+        if list(energy.block_names) != names:
+            raise SettingError(
+                "energy_file",
+                f"{{name}} {energy_file} holds blocks {energy.block_names[0]} ... {energy.block_names[-1]} "
+                f"({len(energy)}), not this model's at granularity {config.granularity}; "
+                "analyze this model at the same --granularity",
+            )
+        check_output(save_dir, overwrite, self.model_id)
+        check_settings(config, self.blocks(config.granularity))
+        t0 = time.perf_counter()
+        selection = self.select(config, energy=energy)
+        return self._finish(config, selection, save_dir, time.perf_counter() - t0, overwrite, write_report)
+
+    def remove(
+        self,
+        blocks: Sequence[str],
+        save_dir: str | Path,
+        *,
+        config: BlockPruneConfig | None = None,
+        overwrite: bool = False,
+        write_report: bool = True,
+    ) -> PruneResult:
+        """Remove exactly ``blocks`` (names such as ``layers.3``, ``layers.7.attn``) and save the
+        folder :meth:`prune` would write for them. The calibration loss before and after is
+        measured on ``config``'s calibration text (default: the demo corpus); ``config`` records
+        the run (its ``remove``, ``granularity`` and ``removed_blocks`` are set here)."""
+        names = list(dict.fromkeys(blocks))
+        if not names:
+            raise SettingError("blocks", "{name} names no blocks; give e.g. layers.3,layers.7.attn")
+        check_blocks(names, self.blocks("mixed") + self.blocks("sublayer"), "blocks")
+        check_output(save_dir, overwrite, self.model_id)
+        config = config or BlockPruneConfig(remove=len(names))
+        config.remove, config.granularity = len(names), granularity_of(names)
+        t0 = time.perf_counter()
+        scorer = LossScorer(self.model, self.adapter, self.calibration(config), config.batch_size)
+        dense, pruned = scorer.loss(), scorer.loss(names)
+        cost = {"forward_passes": round(scorer.forward_equivalents, 2), "backward_passes": 0}
+        cost["seconds"] = round(time.perf_counter() - t0, 3)
+        selection = Selection(names, dense, pruned, cost=cost, method=GIVEN_METHOD, summary=GIVEN_SUMMARY)
+        return self._finish(config, selection, save_dir, time.perf_counter() - t0, overwrite, write_report)
+
+    def _finish(
+        self,
+        config: BlockPruneConfig,
+        selection: Selection,
+        save_dir: str | Path,
+        t_select: float,
+        overwrite: bool,
+        write_report: bool,
+    ) -> PruneResult:
+        """Delete the selection's blocks and save the folder (model, tokenizer, config, report,
+        energies, model card)."""
         params_before = count_params(self.model)
         num_blocks = len(self.blocks(config.granularity))
-        selection = self.select(config, progress=progress)
-        t_select = time.perf_counter() - t0
         surgery = self.adapter.remove_blocks(self.model, selection.removed)
         config.removed_blocks = selection.removed
         report = self._report(config, selection, surgery, params_before, num_blocks, t_select)

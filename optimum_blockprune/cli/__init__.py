@@ -1,4 +1,4 @@
-"""``optimum-cli blockprune analyze | solve | prune | heal | report | eval``: one thin module per
+"""``optimum-cli blockprune analyze | solve | prune | apply | heal | report | eval``: one thin module per
 subcommand (each turns its arguments into a library call), plus the demo (:mod:`.demo`).
 Heavy imports happen inside each command's ``execute``, so ``optimum-cli`` starts fast.
 
@@ -8,10 +8,12 @@ Also runnable as ``python -m optimum_blockprune.cli <subcommand> ...``.
 from __future__ import annotations
 
 import sys
+from argparse import ArgumentParser
 
 from optimum.commands.base import BaseOptimumCLICommand, CommandInfo
 
 from optimum_blockprune.cli.analyze import AnalyzeCommand
+from optimum_blockprune.cli.apply import ApplyCommand
 from optimum_blockprune.cli.eval import EvalCommand
 from optimum_blockprune.cli.heal import HealCommand
 from optimum_blockprune.cli.prune import PruneCommand
@@ -20,6 +22,7 @@ from optimum_blockprune.cli.solve import SolveCommand
 
 __all__ = [
     "AnalyzeCommand",
+    "ApplyCommand",
     "BlockPruneCommand",
     "EvalCommand",
     "HealCommand",
@@ -35,10 +38,18 @@ class BlockPruneCommand(BaseOptimumCLICommand):
         name="blockprune",
         help="Depth pruning: remove whole transformer blocks chosen by constrained binary optimisation.",
     )
+
+    @staticmethod
+    def parse_args(parser: ArgumentParser) -> None:
+        from optimum_blockprune import __version__
+
+        parser.add_argument("--version", action="version", version=f"optimum-blockprune {__version__}")
+
     SUBCOMMANDS = (
         CommandInfo(name="analyze", help=AnalyzeCommand.COMMAND.help, subcommand_class=AnalyzeCommand),
         CommandInfo(name="solve", help=SolveCommand.COMMAND.help, subcommand_class=SolveCommand),
         CommandInfo(name="prune", help=PruneCommand.COMMAND.help, subcommand_class=PruneCommand),
+        CommandInfo(name="apply", help=ApplyCommand.COMMAND.help, subcommand_class=ApplyCommand),
         CommandInfo(name="heal", help=HealCommand.COMMAND.help, subcommand_class=HealCommand),
         CommandInfo(name="report", help=ReportCommand.COMMAND.help, subcommand_class=ReportCommand),
         CommandInfo(name="eval", help=EvalCommand.COMMAND.help, subcommand_class=EvalCommand),

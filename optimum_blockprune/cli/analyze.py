@@ -13,6 +13,7 @@ from optimum_blockprune.cli.options import (
     add_model_args,
     add_scale_args,
     calibration_settings,
+    plan_from_args,
 )
 from optimum_blockprune.errors import BlockPruneError
 
@@ -46,11 +47,13 @@ class AnalyzeCommand(Leaf):
         if out.exists() and not args.overwrite:
             raise BlockPruneError(f"{out} already exists; pass --overwrite to replace it")
         config = BlockPruneConfig(remove=1, granularity=args.granularity, **calibration_settings(args))
+        plan = plan_from_args(args, config)  # everything checked before the model loads
         processes = Processes.current()
         max_memory = parse_max_memory(args.max_memory) if args.max_memory else None
         device_map, max_memory = placement(args.device_map, max_memory, processes)
         pruner = BlockPruner.from_pretrained(
-            args.model,
+            plan.model,
+            revision=plan.revision,
             adapter=args.adapter,
             dtype=getattr(torch, args.dtype),
             device_map=device_map,

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from argparse import ArgumentParser, Namespace
+from argparse import SUPPRESS, ArgumentParser, Namespace
 
 from optimum.commands.base import CommandInfo
 
 from optimum_blockprune.cli.options import (
     DTYPES,
     Leaf,
+    add_model_arg,
     name_list,
 )
-from optimum_blockprune.errors import BlockPruneError
+from optimum_blockprune.errors import SettingError
 
 
 class EvalCommand(Leaf):
@@ -21,9 +22,7 @@ class EvalCommand(Leaf):
 
     @staticmethod
     def parse_args(parser: ArgumentParser) -> None:
-        parser.add_argument(
-            "--model", "-m", default=None, help="model folder, pruned or not (default: the demo model)"
-        )
+        add_model_arg(parser, "model to evaluate, pruned or not")
         group = parser.add_argument_group("perplexity")
         group.add_argument(
             "--data",
@@ -31,7 +30,8 @@ class EvalCommand(Leaf):
             help="'demo' (held-out split), a .txt/.jsonl/.json/.csv/.parquet file or a saved dataset folder "
             "(default: demo; with --tasks and no --data, perplexity is skipped)",
         )
-        group.add_argument("--text-column", default="text", help="column holding the text (default: text)")
+        group.add_argument("--text-field", default="text", help="field holding the text (default: text)")
+        group.add_argument("--text-column", dest="text_field", help=SUPPRESS)  # the old name, still accepted
         group.add_argument("--seq-len", type=int, default=128, help="tokens per block (default: 128)")
         group.add_argument(
             "--max-samples", type=int, default=None, help="at most this many blocks (default: all; demo: 64)"
@@ -56,20 +56,18 @@ class EvalCommand(Leaf):
 
     def execute(self, args: Namespace) -> None:
         import time
-        from pathlib import Path
 
         import torch
 
         from optimum_blockprune.model.loading import load_model_and_tokenizer
+        from optimum_blockprune.plan import check_calibration, resolve_model
 
         tasks = name_list(args.tasks)
-        if args.model is not None and not Path(args.model).is_dir():
-            raise BlockPruneError(
-                f"model folder not found: {args.model}; give a folder with config.json and weights"
-            )
         for name in ("batch_size", "seq_len"):
             if getattr(args, name) < 1:
-                raise BlockPruneError(f"--{name.replace('_', '-')} must be a positive integer")
+                raise SettingError(name, "{name} must be a whole number >= 1")
+        if args.data is not None:
+            check_calibration(args.data, "data")
         data_source = args.data or ("demo" if not tasks else None)
         manager = None
         if tasks:  # before the model loads: unknown tasks and folders fail fast
@@ -77,14 +75,17 @@ class EvalCommand(Leaf):
 
             with offline():
                 manager = task_manager(tasks, args.include_path)
+        source, _ = resolve_model(args.model, args.revision)
         t0 = time.perf_counter()
-        model, tokenizer, model_id = load_model_and_tokenizer(args.model, dtype=getattr(torch, args.dtype))
+        model, tokenizer, model_id = load_model_and_tokenizer(
+            source, dtype=getattr(torch, args.dtype), revision=args.revision
+        )
         model.eval()
         out: dict = {"model": model_id, "perplexity": None, "tasks": {}}
         if data_source is not None:
             from optimum_blockprune.output.evaluation import eval_data, perplexity
 
-            data = eval_data(tokenizer, data_source, args.text_column, args.seq_len, args.max_samples)
+            data = eval_data(tokenizer, data_source, args.text_field, args.seq_len, args.max_samples)
             value = perplexity(model, data, args.batch_size, progress=True)
             out["perplexity"] = {
                 "value": value,

@@ -6,10 +6,7 @@ from argparse import ArgumentParser, Namespace
 
 from optimum.commands.base import CommandInfo
 
-from optimum_blockprune.cli.options import (
-    Leaf,
-)
-from optimum_blockprune.errors import BlockPruneError
+from optimum_blockprune.cli.options import Leaf, require
 
 
 class HealCommand(Leaf):
@@ -77,14 +74,16 @@ class HealCommand(Leaf):
 
     def execute(self, args: Namespace) -> None:
         from optimum_blockprune.healing import heal
+        from optimum_blockprune.plan import check_calibration, check_output, resolve_model
 
-        if not args.model:
-            raise BlockPruneError("say which pruned model to heal: --model DIR")
-        if not args.output:
-            raise BlockPruneError("say where to save the healed model: --output DIR")
+        model = require(args, "model", "which pruned model to heal")
+        output = require(args, "output", "where to save the healed model")
+        source, _ = resolve_model(model)  # checked before anything loads
+        check_calibration(args.data, "data")
+        check_output(output, args.overwrite, source)
         result = heal(
-            args.model,
-            args.output,
+            source,
+            output,
             teacher=args.teacher,
             data=args.data,
             text_field=args.text_field,

@@ -9,19 +9,53 @@ from argparse import ArgumentParser, Namespace
 from optimum.commands.base import BaseOptimumCLICommand
 
 from optimum_blockprune.config import DEFAULT_METHOD, ENERGY_VARIANTS
-from optimum_blockprune.errors import BlockPruneError
+from optimum_blockprune.errors import BlockPruneError, SettingError
 
 
 def add_model_args(parser: ArgumentParser) -> None:
     group = parser.add_argument_group("model")
+    add_model_arg(group)
+    group.add_argument("--adapter", default=None, help="architecture adapter name (default: detected)")
+    group.add_argument("--list-adapters", action="store_true", help="list registered adapters and exit")
+
+
+def add_model_arg(group, what: str = "model") -> None:
+    """``--model/-m`` (a folder, a Hub id or ``demo``) and ``--revision``."""
     group.add_argument(
         "--model",
         "-m",
         default=None,
-        help="model folder (default: the bundled SmolLM2-135M-Instruct demo model)",
+        help=f"{what}: a folder, a Hub id, or 'demo' for the bundled SmolLM2-135M-Instruct (required)",
     )
-    group.add_argument("--adapter", default=None, help="architecture adapter name (default: detected)")
-    group.add_argument("--list-adapters", action="store_true", help="list registered adapters and exit")
+    group.add_argument("--revision", default=None, help="branch, tag or commit of a Hub id (default: main)")
+
+
+def add_output_arg(parser: ArgumentParser, what: str) -> None:
+    """``--output/-o`` (required) and ``--overwrite``."""
+    parser.add_argument("--output", "-o", default=None, help=f"folder for {what} (required)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+
+
+def require(args: Namespace, setting: str, what: str) -> str:
+    """The value of a required flag; a one-line error saying what it is for otherwise."""
+    value = getattr(args, setting, None)
+    if not value:
+        raise SettingError(setting, f"say {what}: {{name}} ...")
+    return value
+
+
+def plan_from_args(args: Namespace, config, output: str | None = None, overwrite: bool = False):
+    """The checked request (:func:`optimum_blockprune.plan.validate_request`), before any load."""
+    from optimum_blockprune.plan import validate_request
+
+    return validate_request(
+        config,
+        args.model,
+        output=output,
+        overwrite=overwrite,
+        revision=getattr(args, "revision", None),
+        adapter=getattr(args, "adapter", None),
+    )
 
 
 def add_calibration_args(parser: ArgumentParser) -> None:
@@ -221,7 +255,8 @@ class Leaf(BaseOptimumCLICommand):
             if not listing(self.args):
                 self.execute(self.args)
         except BlockPruneError as exc:
-            print(f"optimum-cli blockprune {self.COMMAND.name}: error: {exc}", file=sys.stderr)
+            message = exc.flagged() if isinstance(exc, SettingError) else str(exc)
+            print(f"optimum-cli blockprune {self.COMMAND.name}: error: {message}", file=sys.stderr)
             sys.exit(2)
 
     def execute(self, args: Namespace) -> None:  # pragma: no cover - abstract

@@ -11,10 +11,36 @@ from optimum_blockprune.cli.options import (
     add_calibration_args,
     add_method_args,
     add_model_args,
+    add_output_arg,
     add_target_args,
+    calibration_settings,
     config_from_args,
+    name_list,
+    plan_from_args,
+    require,
 )
-from optimum_blockprune.errors import BlockPruneError
+
+
+def add_report_arg(parser: ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-report",
+        action="store_true",
+        help="skip the visual report (report.html, report.md); the model card is still written",
+    )
+
+
+def print_result(result, report: bool) -> None:
+    """What a prune (or apply) run prints: the blocks, the cost, the losses, where it went."""
+    print(f"removed {len(result.removed)} blocks: {' '.join(result.removed)}")
+    cost = result.report["cost"]
+    print(
+        f"chosen by method {result.report['method']}: {cost['forward_passes']:g} forward passes, "
+        f"{cost['backward_passes']} backward passes, {cost['seconds']:.1f} s"
+    )
+    print(f"calibration loss {result.report['dense_loss']:.4f} -> {result.report['pruned_loss']:.4f}")
+    print(f"pruned model written to {result.path}")
+    if report and (result.path / "report.html").is_file():
+        print(f"report: {result.path / 'report.html'} (and report.md)")
 
 
 class PruneCommand(Leaf):
@@ -26,31 +52,74 @@ class PruneCommand(Leaf):
         add_calibration_args(parser)
         add_target_args(parser)
         add_method_args(parser)
-        parser.add_argument("--output", "-o", default=None, help="folder for the pruned model (required)")
-        parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
-        parser.add_argument(
-            "--no-report",
-            action="store_true",
-            help="skip the visual report (report.html, report.md); the model card is still written",
+        group = parser.add_argument_group("a selection made before")
+        choice = group.add_mutually_exclusive_group()
+        choice.add_argument(
+            "--blocks",
+            default=None,
+            help="remove exactly these blocks (e.g. layers.3,layers.7.attn) instead of choosing; same as 'apply'",
         )
+        choice.add_argument(
+            "--energy-file",
+            "-e",
+            default=None,
+            help="reuse an energy file written by 'analyze': solve it and rerank on real loss, no new analysis",
+        )
+        add_output_arg(parser, "the pruned model")
+        add_report_arg(parser)
 
     def execute(self, args: Namespace) -> None:
         from optimum_blockprune.pruner import BlockPruner
 
-        if not args.output:
-            raise BlockPruneError("say where to save the pruned model: --output DIR")
+        output = require(args, "output", "where to save the pruned model")
+        if args.blocks is not None:
+            return apply_blocks(args, name_list(args.blocks), output)
         config = config_from_args(args)
-        pruner = BlockPruner.from_pretrained(args.model, adapter=args.adapter)
-        result = pruner.prune(
-            config, args.output, overwrite=args.overwrite, progress=True, write_report=not args.no_report
-        )
-        print(f"removed {len(result.removed)} blocks: {' '.join(result.removed)}")
-        cost = result.report["cost"]
-        print(
-            f"chosen by method {result.report['method']}: {cost['forward_passes']:g} forward passes, "
-            f"{cost['backward_passes']} backward passes, {cost['seconds']:.1f} s"
-        )
-        print(f"calibration loss {result.report['dense_loss']:.4f} -> {result.report['pruned_loss']:.4f}")
-        print(f"pruned model written to {result.path}")
-        if not args.no_report:
-            print(f"report: {result.path / 'report.html'} (and report.md)")
+        plan = plan_from_args(args, config, output, args.overwrite)
+        pruner = BlockPruner.from_pretrained(plan.model, adapter=args.adapter, revision=plan.revision)
+        if args.energy_file:
+            result = pruner.prune_from_energy(
+                config, args.energy_file, output, overwrite=args.overwrite, write_report=not args.no_report
+            )
+        else:
+            result = pruner.prune(
+                config, output, overwrite=args.overwrite, progress=True, write_report=not args.no_report
+            )
+        print_result(result, not args.no_report)
+
+
+def apply_blocks(args: Namespace, blocks: list[str], output: str) -> None:
+    """Remove ``blocks`` from ``--model`` and save to ``output`` (``apply``, ``prune --blocks``,
+    ``solve --apply``), checked before the model loads."""
+    from optimum_blockprune.config import BlockPruneConfig
+    from optimum_blockprune.plan import granularity_of, validate_request
+    from optimum_blockprune.pruner import BlockPruner
+
+    if not blocks:
+        from optimum_blockprune.errors import SettingError
+
+        raise SettingError("blocks", "{name} names no blocks; give e.g. layers.3,layers.7.attn")
+    config = BlockPruneConfig(remove=len(blocks), granularity=granularity_of(blocks), **_calibration(args))
+    plan = validate_request(
+        config,
+        args.model,
+        output=output,
+        overwrite=args.overwrite,
+        revision=args.revision,
+        adapter=args.adapter,
+        blocks=blocks,
+    )
+    pruner = BlockPruner.from_pretrained(plan.model, adapter=args.adapter, revision=plan.revision)
+    no_report = getattr(args, "no_report", False)
+    result = pruner.remove(
+        blocks, output, config=config, overwrite=args.overwrite, write_report=not no_report
+    )
+    print_result(result, not no_report)
+
+
+def _calibration(args: Namespace) -> dict:
+    """The calibration settings of ``args``; ``solve --apply`` has only some of them."""
+    if hasattr(args, "energy"):
+        return calibration_settings(args)
+    keys = ("calibration", "text_field", "num_samples", "seq_len", "batch_size")
+    return {k: getattr(args, k) for k in keys if hasattr(args, k)}

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from argparse import ArgumentParser, Namespace
+from argparse import SUPPRESS, ArgumentParser, Namespace
 
 from optimum.commands.base import CommandInfo
 
-from optimum_blockprune.cli.options import (
-    Leaf,
-)
-from optimum_blockprune.errors import BlockPruneError
+from optimum_blockprune.cli.options import Leaf, require
 
 
 class ReportCommand(Leaf):
@@ -20,12 +17,15 @@ class ReportCommand(Leaf):
 
     @staticmethod
     def parse_args(parser: ArgumentParser) -> None:
-        parser.add_argument("--input", "-i", default=None, help="pruned model folder written by 'prune'")
+        parser.add_argument(
+            "--model", "-m", default=None, help="pruned model folder written by 'prune' (required)"
+        )
+        parser.add_argument("--input", "-i", dest="model", help=SUPPRESS)  # the old name, still accepted
         parser.add_argument(
             "--output",
             "-o",
             default=None,
-            help="folder for report.html, report.md, report_files/ (default: --input)",
+            help="folder for report.html, report.md, report_files/ (default: --model)",
         )
         parser.add_argument(
             "--methods",
@@ -37,7 +37,6 @@ class ReportCommand(Leaf):
     def execute(self, args: Namespace) -> None:
         from optimum_blockprune.output.report.build import build_report
 
-        if not args.input:
-            raise BlockPruneError("say which pruned model folder to report on: --input DIR")
-        files = build_report(args.input, args.output, args.methods)
+        model = require(args, "model", "which pruned model folder to report on")
+        files = build_report(model, args.output, args.methods)
         print(f"report written to {files.html} and {files.markdown} ({len(files.images)} plots)")

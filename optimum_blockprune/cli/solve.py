@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from argparse import ArgumentParser, Namespace
 
 from optimum.commands.base import CommandInfo
 
 from optimum_blockprune.cli.options import (
     Leaf,
+    add_model_arg,
+    add_output_arg,
     add_target_args,
     name_list,
+    require,
     target_settings,
 )
 from optimum_blockprune.errors import BlockPruneError
@@ -31,12 +33,33 @@ class SolveCommand(Leaf):
             "--min-params", type=int, default=None, help="parameters the removed blocks must hold at least"
         )
         parser.add_argument("--json", default=None, help="also write the candidates to this JSON file")
+        group = parser.add_argument_group("apply the best candidate (like 'apply --blocks')")
+        group.add_argument(
+            "--apply", action="store_true", help="remove the rank-0 candidate's blocks from --model"
+        )
+        add_model_arg(group, "the model the energy file was computed for")
+        group.add_argument("--adapter", default=None, help="architecture adapter name (default: detected)")
+        add_output_arg(group, "the pruned model (with --apply)")
+        group.add_argument(
+            "--calibration",
+            default="demo",
+            help="text for the report's loss before and after (default: demo)",
+        )
+        group.add_argument("--text-field", default="text", help="field holding the text in .jsonl / datasets")
+        group.add_argument("--num-samples", type=int, default=32, help="calibration samples (default: 32)")
+        group.add_argument("--seq-len", type=int, default=128, help="tokens per sample (default: 128)")
+        group.add_argument("--batch-size", type=int, default=8, help="samples per forward pass (default: 8)")
 
     def execute(self, args: Namespace) -> None:
         from optimum_blockprune.config import BlockPruneConfig
         from optimum_blockprune.energy.model import EnergyModel
         from optimum_blockprune.solvers import solution_names, solve
 
+        if args.apply:  # the model and the output folder are checked before solving
+            from optimum_blockprune.plan import check_output, resolve_model
+
+            source, _ = resolve_model(args.model, args.revision)
+            check_output(require(args, "output", "where to save the pruned model"), args.overwrite, source)
         energy = EnergyModel.load(args.energy_file)
         target = target_settings(args)
         model_params = energy.metadata.get("model_params")
@@ -62,11 +85,34 @@ class SolveCommand(Leaf):
             {"rank": i, "energy": float(e), "removed": names}
             for i, (e, names) in enumerate(zip(samples.record.energy, solution_names(samples), strict=True))
         ]
+        print(f"{'rank':>4}  {'energy':>12}  removed blocks")
         for row in rows:
-            print(f"{row['rank']:>3}  {row['energy']:.6g}  {' '.join(row['removed'])}")
+            print(f"{row['rank']:>4}  {row['energy']:>12.6g}  {' '.join(row['removed'])}")
         info = {k: v for k, v in samples.info.items() if isinstance(v, (bool, int, float, str, type(None)))}
-        print(f"solver: {json.dumps(info)}")
+        print(solver_line(info))
         if args.json:
             from optimum_blockprune.data.atomic import write_json_atomic
 
             write_json_atomic(args.json, {"candidates": rows, "info": info})
+        if args.apply:
+            from optimum_blockprune.cli.prune import apply_blocks
+
+            apply_blocks(args, rows[0]["removed"], args.output)
+
+
+def solver_line(info: dict) -> str:
+    """The solver's info as one readable line: which solver, optimal or not, bound, gap, time."""
+    name = info.get("used") or info.get("solver", "?")
+    parts = [f"solver {name}" + (f" (chosen by {info['solver']})" if info.get("used") else "")]
+    if info.get("optimal"):
+        parts.append("rank 0 is proven optimal")
+    else:
+        parts.append("optimality not proven")
+        if info.get("lower_bound") is not None:
+            parts.append(f"lower bound {info['lower_bound']:.6g}")
+        if info.get("gap") is not None:
+            parts.append(f"gap {info['gap']:.3g}")
+    if info.get("num_configurations"):
+        parts.append(f"{info['num_configurations']} configurations")
+    parts.append(f"{info.get('seconds', 0):.2f} s")
+    return "; ".join(parts)

@@ -28,8 +28,10 @@ def load_model_and_tokenizer(
     device_map: str | dict | None = None,
     max_memory: dict | None = None,
     offload_folder: str | Path | None = None,
+    revision: str | None = None,
 ) -> tuple[nn.Module, Any, str]:
-    """(model, tokenizer, model_id). ``None`` means the bundled demo model.
+    """(model, tokenizer, model_id). ``None`` or ``"demo"`` means the bundled demo model;
+    ``revision`` picks a Hub id's branch, tag or commit.
 
     ``device_map`` (``"auto"``, ``"cuda:1"``, a module-to-device dict, ...), ``max_memory`` and
     ``offload_folder`` (for layers mapped to ``"disk"``) go to ``from_pretrained``; they split a
@@ -44,7 +46,7 @@ def load_model_and_tokenizer(
             tokenizer,
             str(getattr(config, "_name_or_path", "") or type(model_or_path).__name__),
         )
-    if model_or_path is None:
+    if model_or_path is None or str(model_or_path) == "demo":
         from optimum_blockprune.data.demo_assets import demo_model_path
 
         model_or_path = demo_model_path()
@@ -55,11 +57,12 @@ def load_model_and_tokenizer(
     if path.exists() and not (path / "config.json").is_file():
         raise BlockPruneError(f"{source} has no config.json; give a folder saved with save_pretrained")
     placement = _placement(device_map, max_memory, offload_folder)
+    hub = {} if revision is None or path.exists() else {"revision": revision}
     try:
         if path.exists():
             model = load_pruned(path, dtype=dtype, **placement)
         else:
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **placement)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **placement, **hub)
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc) or "model_type" in str(exc):
             raise BlockPruneError(f"unknown architecture in {source}: {_first_line(exc)}") from None
@@ -68,7 +71,7 @@ def load_model_and_tokenizer(
         raise BlockPruneError(f"cannot load model {source}: {_first_line(exc)}") from None
     if tokenizer is None:
         try:
-            tokenizer = AutoTokenizer.from_pretrained(source)
+            tokenizer = AutoTokenizer.from_pretrained(source, **hub)
         except Exception as exc:
             raise BlockPruneError(f"cannot load the tokenizer of {source}: {_first_line(exc)}") from None
     return model, tokenizer, source

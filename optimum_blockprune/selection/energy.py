@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from optimum_blockprune.blocks import Block, positions
 from optimum_blockprune.energy.model import EnergyModel, penalise_overlaps
@@ -72,10 +73,14 @@ def select_energy(request: Request) -> Selection:
     rounds: list[dict[str, Any]] = []
     energies: list[EnergyModel] = []
     targets = round_targets(remove, min_params, [blocks[i] for i in rules.force], blocks, config.energy)
+    if request.energy is not None:  # a saved analysis: one round on it
+        targets = targets[-1:]
+    bar = tqdm(total=len(targets), desc="selection", unit="round", disable=not request.progress)
     for r, (target, target_params) in enumerate(targets):
         t0, last = time.perf_counter(), r == len(targets) - 1
+        bar.set_description(f"selection round {r + 1}/{len(targets)}")
         exclude = [n for n in names if pool is not None and n not in pool and n not in chosen]
-        energy = round_energy(request, chosen, exclude)
+        energy = request.energy or round_energy(request, chosen, exclude)
         energies.append(energy)
         taken = {*chosen, *exclude, *rules.protect_names}
         pool = cheapest_per_kind(energy, blocks, [i for i, n in enumerate(names) if n not in taken])
@@ -85,6 +90,8 @@ def select_energy(request: Request) -> Selection:
         best = int(np.argmin(scores))
         chosen = candidates[best]
         rounds.append(_round_record(samples, keep, candidates, scores, best, target, target_params, t0))
+        bar.update()
+    bar.close()
     scorer.set_base([])
     pruned_loss = scorer.loss(chosen)
     backward = len(energies) if config.energy in GRADIENT_VARIANTS else 0

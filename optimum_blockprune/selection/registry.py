@@ -44,6 +44,8 @@ class Request:
     model_id: str = ""
     scorer: LossScorer | None = None
     progress: bool = False
+    #: An energy model computed before (``prune --energy-file``): solved in one round, not recomputed.
+    energy: EnergyModel | None = None
 
     def data(self) -> CalibrationData:
         return self.calibration()

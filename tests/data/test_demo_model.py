@@ -73,6 +73,8 @@ def test_cli_prunes_the_demo_model(tmp_path, demo_path):
             cli,
             "blockprune",
             "prune",
+            "--model",
+            "demo",
             "--remove",
             "2",
             "--num-samples",

@@ -43,7 +43,7 @@ def settings(text_file: Path, samples: int, seq_len: int, batch: int) -> dict:
 
 def cli_args(model: Path | None, cal: dict, output: Path) -> list[str]:
     args = ["analyze", "--energy", "fisher", "--output", str(output)]
-    args += [] if model is None else ["--model", str(model)]
+    args += ["--model", "demo" if model is None else str(model)]
     for flag in ("calibration", "num_samples", "seq_len", "batch_size"):
         args += [f"--{flag.replace('_', '-')}", str(cal[flag])]
     return args

@@ -180,7 +180,19 @@ def test_unknown_task_is_a_one_line_error():
 def test_local_task_on_the_pruned_demo_model(tmp_path):
     """The acceptance check: the local task runs on the pruned demo model offline and reports accuracy."""
     pruned = tmp_path / "pruned"
-    prune = ["prune", "--remove", "4", "--method", "shortgpt", "--num-samples", "4", "--seq-len", "64"]
+    prune = [
+        "prune",
+        "--model",
+        "demo",
+        "--remove",
+        "4",
+        "--method",
+        "shortgpt",
+        "--num-samples",
+        "4",
+        "--seq-len",
+        "64",
+    ]
     proc = run(*prune, "--output", str(pruned))
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "eval.json"

@@ -317,7 +317,7 @@ def test_prune_cli_method_flag(tmp_path, tiny_model_dir, text_file):
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert [line for line in proc.stderr.splitlines() if "error:" in line] == [
-        "optimum-cli blockprune prune: error: method 'angular' works at granularity layer, not 'sublayer'; "
+        "optimum-cli blockprune prune: error: method 'angular' works at --granularity layer, not 'sublayer'; "
         "pass --granularity layer or choose another method"
     ]
     assert not (tmp_path / "bad").exists()
