@@ -38,7 +38,11 @@ class HealCommand(Leaf):
             "--text-field", default="text", help="field holding the text in .jsonl / datasets"
         )
         parser.add_argument("--output", "-o", default=None, help="folder for the healed model (required)")
-        parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+        parser.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace this tool's own files in a non-empty output folder (other files are never deleted: they stop the run)",
+        )
         group = parser.add_argument_group("training")
         group.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default: 16)")
         group.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")

@@ -33,7 +33,11 @@ def add_model_arg(group, what: str = "model") -> None:
 def add_output_arg(parser: ArgumentParser, what: str) -> None:
     """``--output/-o`` (required) and ``--overwrite``."""
     parser.add_argument("--output", "-o", default=None, help=f"folder for {what} (required)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace this tool's own files in a non-empty output folder (other files are never deleted: they stop the run)",
+    )
 
 
 def require(args: Namespace, setting: str, what: str) -> str:
