@@ -10,8 +10,8 @@ installs the no-op stand-ins while the model is built, so no weight is missing a
 
 The marker is written by the config itself, so that every way a model is saved carries it
 (``save_pretrained`` after :func:`load_pruned`, Trainer checkpoints, healing, callbacks): a config
-with skips is switched in place (:func:`mark_config`, done by surgery and by :func:`read_config`)
-to a subclass of its own class whose JSON form (``to_json_string``, which ``save_pretrained`` and
+with skips is switched in place (:func:`~optimum_blockprune.model.marker.mark_config`, done by
+surgery and by :func:`read_config`) to a subclass of its own class whose JSON form (``to_json_string``, which ``save_pretrained`` and
 ``to_json_file`` write) is marked. In memory nothing changes: ``model_type`` stays the base type
 and the class keeps its base's ``__name__``, which is what transformers' auto mappings and peft
 look up; ``to_dict`` is untouched. The subclasses live in this module under
@@ -32,75 +32,7 @@ from typing import Any
 from torch import nn
 
 from optimum_blockprune.errors import BlockPruneError
-
-PRUNED_TYPE_PREFIX = "blockpruned_"
-#: Key of ``config.json`` that says how to load a branch-pruned checkpoint.
-CONFIG_KEY = "blockprune"
-_CLASS_PREFIX = "Blockpruned"
-
-
-def marked_dict(data: dict[str, Any]) -> dict[str, Any]:
-    """The ``config.json`` content ``data`` with the branch-pruned marker (unchanged if it has one)."""
-    if CONFIG_KEY in data:
-        return data
-    base_type = data["model_type"]
-    return {
-        **data,
-        "model_type": PRUNED_TYPE_PREFIX + base_type,
-        CONFIG_KEY: {
-            "base_model_type": base_type,
-            "load_with": "optimum_blockprune.load_pruned",
-            "why": "branches listed under per_layer_config.skip were removed; "
-            "plain transformers would re-create them",
-        },
-    }
-
-
-class BranchPrunedConfig:
-    """Mixin of the marked config classes: their JSON form carries the branch-pruned marker
-    whenever the config skips a branch (see the module doc)."""
-
-    def to_json_string(self, use_diff: bool = True) -> str:
-        from optimum_blockprune.model.surgery import layer_skips
-
-        text = super().to_json_string(use_diff)  # type: ignore[misc]
-        if not layer_skips(self):  # type: ignore[arg-type]
-            return text
-        return json.dumps(marked_dict(json.loads(text)), indent=2, sort_keys=True) + "\n"
-
-
-def marked_class(base: type) -> type:
-    """The marked subclass of the config class ``base`` (one per class, kept in this module)."""
-    if issubclass(base, BranchPrunedConfig):
-        return base
-    qualname = _CLASS_PREFIX + base.__name__
-    cls = globals().get(qualname)
-    if cls is None or cls.__bases__[1] is not base:
-        namespace = {"__module__": __name__, "__qualname__": qualname, "__doc__": base.__doc__}
-        cls = type(base.__name__, (BranchPrunedConfig, base), namespace)
-        globals()[qualname] = cls
-    return cls
-
-
-def __getattr__(name: str) -> type:
-    """Create a marked config class on first access by name (how pickle finds it)."""
-    if name.startswith(_CLASS_PREFIX) and name.endswith("Config"):
-        from transformers.models.auto.configuration_auto import CONFIG_MAPPING, CONFIG_MAPPING_NAMES
-
-        base_name = name[len(_CLASS_PREFIX) :]
-        for model_type, class_name in CONFIG_MAPPING_NAMES.items():
-            if class_name == base_name:
-                return marked_class(CONFIG_MAPPING[model_type])
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def mark_config(config: Any) -> Any:
-    """Switch ``config`` in place to its marked class if it skips any branch; return it."""
-    from optimum_blockprune.model.surgery import layer_skips
-
-    if layer_skips(config) and not isinstance(config, BranchPrunedConfig):
-        config.__class__ = marked_class(type(config))
-    return config
+from optimum_blockprune.model.marker import CONFIG_KEY, layer_skips, mark_config, marked_dict
 
 
 def mark_branch_pruned(folder: str | Path) -> None:
@@ -140,7 +72,6 @@ def skips_applied(config: Any) -> Iterator[None]:
     from transformers import AutoModelForCausalLM
 
     from optimum_blockprune.model.registry import adapter_for_type
-    from optimum_blockprune.model.surgery import layer_skips
 
     skips = layer_skips(config)
     if not skips:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from torch import nn
 from transformers import PretrainedConfig
 
-from optimum_blockprune.model.pruned_format import mark_config
+from optimum_blockprune.model.marker import layer_overrides, mark_config
 
 # Lists with one entry per layer: keep the entries of kept layers.
 PER_LAYER_LISTS = (
@@ -62,17 +62,6 @@ def rewrite_layer_config(config: PretrainedConfig, kept: Sequence[int]) -> None:
         set_layer_overrides(config, {new_index[k]: v for k, v in overrides.items() if k in new_index})
 
 
-def layer_overrides(config: PretrainedConfig) -> dict[int, dict]:
-    """The raw ``per_layer_config`` entries, ``{layer: {"skip": [...], ...}}`` (a copy).
-
-    ``config.per_layer_config`` itself reads back resolved per-layer views of the whole config,
-    so the sparse overrides are taken from the heterogeneity spec behind it.
-    """
-    spec = config.__dict__.get("_heterogeneity_spec")
-    overrides = getattr(spec, "per_layer_overrides", None) or {}
-    return {int(k): dict(v) for k, v in overrides.items()}
-
-
 def set_layer_overrides(config: PretrainedConfig, overrides: dict[int, dict]) -> None:
     """Replace ``per_layer_config`` by ``overrides`` (validated by transformers on assignment); a
     config that now skips a branch is marked so that every save of it is a branch-pruned checkpoint."""
@@ -80,8 +69,3 @@ def set_layer_overrides(config: PretrainedConfig, overrides: dict[int, dict]) ->
     if overrides:
         config.per_layer_config = {int(k): v for k, v in sorted(overrides.items())}
     mark_config(config)
-
-
-def layer_skips(config: PretrainedConfig) -> dict[int, list[str]]:
-    """``{layer: skip list}`` for the layers whose ``per_layer_config`` skips a branch."""
-    return {i: list(v["skip"]) for i, v in layer_overrides(config).items() if v.get("skip")}

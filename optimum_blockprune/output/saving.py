@@ -13,7 +13,7 @@ from torch import nn
 
 from optimum_blockprune.config import BlockPruneConfig
 from optimum_blockprune.data.atomic import atomic_output_dir, check_output_dir, write_json_atomic
-from optimum_blockprune.model.pruned_format import mark_config
+from optimum_blockprune.model.marker import mark_config
 from optimum_blockprune.output.layout import REPORT_NAME, energy_file_name, is_tool_file
 from optimum_blockprune.output.modelcard import write_model_card
 from optimum_blockprune.output.report import build_report

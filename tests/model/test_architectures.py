@@ -11,9 +11,9 @@ from architectures import ARCHITECTURES, gated_and_pruned, save_pruned_model, ti
 
 from optimum_blockprune.blocks import parse_block_name
 from optimum_blockprune.errors import BlockPruneError
+from optimum_blockprune.model.marker import layer_skips
 from optimum_blockprune.model.pruned_format import load_pruned
 from optimum_blockprune.model.registry import get_adapter
-from optimum_blockprune.model.surgery import layer_skips
 
 IDS = torch.randint(3, 300, (2, 10), generator=torch.Generator().manual_seed(0))
 

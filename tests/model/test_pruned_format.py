@@ -16,9 +16,9 @@ from transformers import AutoModelForCausalLM, Trainer, TrainingArguments, defau
 from optimum_blockprune.config import BlockPruneConfig
 from optimum_blockprune.healing import HealingConfig, HealingTrainer, healing_dataset
 from optimum_blockprune.healing.callbacks import GradualRemovalCallback
+from optimum_blockprune.model.marker import layer_skips
 from optimum_blockprune.model.pruned_format import load_pruned
 from optimum_blockprune.model.registry import get_adapter
-from optimum_blockprune.model.surgery import layer_skips
 
 IDS = torch.randint(4, 300, (2, 12), generator=torch.Generator().manual_seed(0))
 BRANCHES = ["layers.1.attn", "layers.3.mlp"]

@@ -19,13 +19,9 @@ from torch import nn
 
 from optimum_blockprune.blocks import GRANULARITIES, Block, parse_block_name
 from optimum_blockprune.errors import BlockPruneError
+from optimum_blockprune.model.marker import layer_overrides
 from optimum_blockprune.model.noop import NoOp, stand_in
-from optimum_blockprune.model.surgery import (
-    delete_layers,
-    layer_overrides,
-    rewrite_layer_config,
-    set_layer_overrides,
-)
+from optimum_blockprune.model.surgery import delete_layers, rewrite_layer_config, set_layer_overrides
 
 #: The word transformers' ``per_layer_config`` uses for each branch kind in ``skip`` lists.
 SKIP_NAMES = {"attn": "attention", "mlp": "mlp", "moe": "mlp", "mamba": "mixer"}

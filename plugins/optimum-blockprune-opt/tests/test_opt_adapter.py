@@ -62,8 +62,8 @@ def test_cli_lists_the_plugin_adapter():
     [["layers.1"], ["layers.0.attn"], ["layers.2.mlp", "layers.3.attn"], ["layers.1.attn", "layers.1.mlp"]],
 )
 def test_pruned_equals_gated_and_reloads(removed, tmp_path):
+    from optimum_blockprune.model.marker import layer_skips
     from optimum_blockprune.model.pruned_format import mark_branch_pruned
-    from optimum_blockprune.model.surgery import layer_skips
 
     model = tiny_opt()
     adapter = get_adapter(model)
