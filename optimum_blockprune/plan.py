@@ -9,16 +9,19 @@ a :class:`~optimum_blockprune.errors.SettingError` naming the setting (the CLI n
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from optimum_blockprune.blocks import Block, parse_block_name
 from optimum_blockprune.config import BlockPruneConfig
 from optimum_blockprune.data.texts import DEMO_SOURCE
 from optimum_blockprune.errors import BlockPruneError, SettingError
+from optimum_blockprune.model.marker import CONFIG_KEY
 from optimum_blockprune.output.saving import check_output as check_saving_output
 
 if TYPE_CHECKING:
@@ -151,6 +154,34 @@ def _blocks(adapter: Adapter, model: Any, granularity: str) -> list[Block] | Non
         return None
 
 
+def _raw_config(model: str | Path | None) -> Any | None:
+    """``model_type`` and ``num_hidden_layers`` of a local folder's plain ``config.json``, read as
+    JSON (importing transformers' config classes costs about a second); ``None`` otherwise."""
+    if model is None or str(model) == DEMO_MODEL:
+        return None
+    try:
+        data = json.loads((Path(str(model)).expanduser() / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or CONFIG_KEY in data or not isinstance(data.get("model_type"), str):
+        return None
+    return SimpleNamespace(model_type=data["model_type"], num_hidden_layers=data.get("num_hidden_layers"))
+
+
+def _check_layer_counts(
+    config: BlockPruneConfig, model_config: Any, chosen: Adapter | None, blocks: Sequence[str] | None
+) -> None:
+    """What the layer count alone settles, without a skeleton: counts at layer granularity and the
+    ranges of named blocks (only for architectures a specific adapter declares)."""
+    layers = getattr(model_config, "num_hidden_layers", None) if chosen is not None else None
+    if isinstance(layers, int) and layers > 0:
+        whole = [Block(i, "layer", 0) for i in range(layers)]
+        if config.granularity == "layer":
+            _check_counts(config, whole)
+        for setting, names in (("protect", config.protect), ("force", config.force), ("blocks", blocks)):
+            _check_range(names or [], layers, setting)
+
+
 def validate_request(
     config: BlockPruneConfig,
     model: str | Path | None,
@@ -167,17 +198,16 @@ def validate_request(
     check_settings(config)
     if blocks is not None:
         granularity_of(blocks)
+    raw = _raw_config(model)
+    if raw is not None:  # a local folder: what its config.json settles, before transformers is imported
+        if output is not None:
+            check_output(output, overwrite, str(Path(str(model)).expanduser()))
+        _check_layer_counts(config, raw, adapter_for(raw, adapter), blocks)
     source, model_config = resolve_model(model, revision)
     chosen = adapter_for(model_config, adapter)
     if output is not None:
         check_output(output, overwrite, source)
-    layers = getattr(model_config, "num_hidden_layers", None) if chosen is not None else None
-    if isinstance(layers, int) and layers > 0:  # the layer count alone settles these, without a skeleton
-        whole = [Block(i, "layer", 0) for i in range(layers)]
-        if config.granularity == "layer":
-            _check_counts(config, whole)
-        for setting, names in (("protect", config.protect), ("force", config.force), ("blocks", blocks)):
-            _check_range(names or [], layers, setting)
+    _check_layer_counts(config, model_config, chosen, blocks)
     meta = skeleton(model_config, chosen)
     if meta is not None and blocks is not None:
         every = (_blocks(chosen, meta, "mixed") or []) + (_blocks(chosen, meta, "sublayer") or [])
