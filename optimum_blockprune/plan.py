@@ -198,15 +198,13 @@ def validate_request(
     check_settings(config)
     if blocks is not None:
         granularity_of(blocks)
+    if output is not None:  # first: a filesystem check, before transformers is imported
+        check_output(output, overwrite, None if model is None else str(Path(str(model)).expanduser()))
     raw = _raw_config(model)
     if raw is not None:  # a local folder: what its config.json settles, before transformers is imported
-        if output is not None:
-            check_output(output, overwrite, str(Path(str(model)).expanduser()))
         _check_layer_counts(config, raw, adapter_for(raw, adapter), blocks)
     source, model_config = resolve_model(model, revision)
     chosen = adapter_for(model_config, adapter)
-    if output is not None:
-        check_output(output, overwrite, source)
     _check_layer_counts(config, model_config, chosen, blocks)
     meta = skeleton(model_config, chosen)
     if meta is not None and blocks is not None:

@@ -6,7 +6,7 @@ from argparse import ArgumentParser, Namespace
 
 from optimum.commands.base import CommandInfo
 
-from optimum_blockprune.cli.options import Leaf, require
+from optimum_blockprune.cli.options import Leaf, add_output_arg, require
 
 
 class HealCommand(Leaf):
@@ -37,12 +37,7 @@ class HealCommand(Leaf):
         parser.add_argument(
             "--text-field", default="text", help="field holding the text in .jsonl / datasets"
         )
-        parser.add_argument("--output", "-o", default=None, help="folder for the healed model (required)")
-        parser.add_argument(
-            "--overwrite",
-            action="store_true",
-            help="replace this tool's own files in a non-empty output folder (other files are never deleted: they stop the run)",
-        )
+        add_output_arg(parser, "the healed model")
         group = parser.add_argument_group("training")
         group.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default: 16)")
         group.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
