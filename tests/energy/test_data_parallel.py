@@ -18,6 +18,7 @@ from optimum_blockprune.data.calibration import CalibrationData
 from optimum_blockprune.energy.distributed import Processes
 from optimum_blockprune.energy.scoring import LossScorer
 from optimum_blockprune.pruner import BlockPruner
+from optimum_blockprune.selection.baselines import residual_states, similarity_scores
 
 #: Run under ``accelerate launch``: every process saves the per-sample losses it got.
 SHARD_LOSSES = textwrap.dedent(
@@ -28,6 +29,7 @@ SHARD_LOSSES = textwrap.dedent(
     from optimum_blockprune.energy.distributed import Processes
     from optimum_blockprune.energy.scoring import LossScorer
     from optimum_blockprune.pruner import BlockPruner
+    from optimum_blockprune.selection.baselines import residual_states, similarity_scores
 
     model, text, out = sys.argv[1:4]
     pruner = BlockPruner.from_pretrained(model)
@@ -36,7 +38,12 @@ SHARD_LOSSES = textwrap.dedent(
     dense, pruned = scorer.losses(), scorer.losses(["layers.2", "layers.4.mlp"])
     processes = Processes.current()
     np.save(f"{out}/rank{processes.rank}.npy", np.stack([dense, pruned]))
-    print(f"rank {processes.rank} scored {len(scorer._batches)} batches, work {scorer.forward_equivalents}")
+    model, adapter, data = pruner.model, pruner.adapter, scorer.data
+    similarity = similarity_scores(model, adapter, data, pruner.blocks("mixed"), 2)
+    np.save(f"{out}/similarity{processes.rank}.npy", similarity)
+    np.save(f"{out}/states{processes.rank}.npy", residual_states(model, adapter, data, 2).numpy())
+    work = scorer.forward_equivalents
+    print(f"rank {processes.rank} scored {len(scorer._batches)} batches, work {work}")
     processes.close()
     """
 )
@@ -61,7 +68,8 @@ def test_contiguous_shares_in_rank_order_are_the_samples_in_order(world):
 
 def test_gathered_losses_are_every_sample_in_order(tmp_path, tiny_model_dir, text_file):
     """5 samples in batches of 2 over 2 processes (shares of 2 and 3): both processes get the
-    one-process per-sample losses, sample by sample."""
+    one-process per-sample losses, sample by sample, and the similarity baselines' scores and
+    residual states."""
     (tmp_path / "shard_losses.py").write_text(SHARD_LOSSES)
     proc = launched(
         accelerate_cli(str(tiny_model_dir), str(text_file), str(tmp_path), module="shard_losses"), tmp_path
@@ -76,6 +84,12 @@ def test_gathered_losses_are_every_sample_in_order(tmp_path, tiny_model_dir, tex
         np.testing.assert_allclose(np.load(tmp_path / f"rank{rank}.npy"), reference, rtol=0, atol=1e-6)
     # the work counts the whole calibration set once, as in one process
     assert f"work {scorer.forward_equivalents}" in proc.stdout
+    blocks = pruner.blocks("mixed")
+    similarity = similarity_scores(pruner.model, pruner.adapter, scorer.data, blocks, 2)
+    states = residual_states(pruner.model, pruner.adapter, scorer.data, 2).numpy()
+    for rank in (0, 1):
+        np.testing.assert_allclose(np.load(tmp_path / f"similarity{rank}.npy"), similarity, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(np.load(tmp_path / f"states{rank}.npy"), states, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("method", ["energy", "sleb"])
