@@ -179,8 +179,8 @@ class LossScorer:
         """Batch ``b`` through the layers of ``config`` from layer ``start``'s cached input; with
         ``record``, the cache takes every layer's new input."""
         gates.values = self._gate_values(config)
-        memo: dict[int, torch.Tensor] = {}
-        hidden = self._fetch(self._inputs[b][start], memo)
+        memo: dict[int, torch.Tensor] = {}  # the batch's keyword tensors, shared by its layers
+        hidden = self._fetch(self._inputs[b][start], {})
         for j in range(start, self.n_layers):
             if record:
                 self._inputs[b][j] = self._store(hidden, {})
