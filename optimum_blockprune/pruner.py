@@ -45,8 +45,16 @@ class PruneResult:
 class BlockPruner:
     """Prune a causal LM by deleting whole decoder layers chosen by constrained binary optimisation."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any, adapter: Adapter, model_id: str = "") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        adapter: Adapter,
+        model_id: str = "",
+        cache_device: str | torch.device | None = None,
+    ) -> None:
         self.model, self.tokenizer, self.adapter, self.model_id = model, tokenizer, adapter, model_id
+        self.cache_device = cache_device
         self.model.eval()
         self._data_cache: dict[tuple, CalibrationData] = {}
 
@@ -171,7 +179,8 @@ class BlockPruner:
         energy: EnergyModel | None = None,
     ) -> Selection:
         """Choose the blocks to remove with the registered method ``config.method`` (default:
-        ``energy``; see :mod:`optimum_blockprune.selection`)."""
+        ``energy``; see :mod:`optimum_blockprune.selection`). Under ``accelerate launch`` every
+        process runs it on its share of the calibration samples and gets the same selection."""
         method = get_method(config.method)
         t0 = time.perf_counter()
         blocks = self.blocks(config.granularity)
@@ -184,8 +193,9 @@ class BlockPruner:
             count_params(self.model),
             self.model_id,
             scorer,
-            progress,
+            progress and Processes.current().is_main,
             energy,
+            getattr(self, "cache_device", None),
         )
         selection = method.select(request)
         # a plugin's method may leave its work uncounted: the report and the CLI read these keys
@@ -207,12 +217,8 @@ class BlockPruner:
         """Select blocks, delete them from the model, and save model, tokenizer, config, report,
         each round's energy model and a model card (README.md) atomically to ``save_dir``; with
         ``write_report`` also the visual report (report.html, report.md). The in-memory model is
-        pruned in place."""
-        if Processes.current().world > 1:  # every process would write the same folder
-            raise BlockPruneError(
-                "prune runs in one process; under accelerate launch run 'analyze' "
-                "(--energy fisher or taylor), then 'solve'"
-            )
+        pruned in place. Under ``accelerate launch`` every process selects (each on its share of
+        the calibration samples) and prunes its model; only the main one writes ``save_dir``."""
         check_output(save_dir, overwrite, self.model_id)
         check_settings(config, self.blocks(config.granularity))
         t0 = time.perf_counter()
@@ -268,7 +274,13 @@ class BlockPruner:
         config = config or BlockPruneConfig(remove=len(names))
         config.remove, config.granularity = len(names), granularity_of(names)
         t0 = time.perf_counter()
-        scorer = LossScorer(self.model, self.adapter, self.calibration(config), config.batch_size)
+        scorer = LossScorer(
+            self.model,
+            self.adapter,
+            self.calibration(config),
+            config.batch_size,
+            cache_device=getattr(self, "cache_device", None),
+        )
         dense, pruned = scorer.loss(), scorer.loss(names)
         cost = {"forward_passes": round(scorer.forward_equivalents, 2), "backward_passes": 0}
         cost["seconds"] = round(time.perf_counter() - t0, 3)
@@ -285,22 +297,36 @@ class BlockPruner:
         write_report: bool,
     ) -> PruneResult:
         """Delete the selection's blocks and save the folder (model, tokenizer, config, report,
-        energies, model card)."""
+        energies, model card). Under ``accelerate launch`` every process deletes them and the main
+        one alone writes, once every process has checked the folder; the others wait for it and
+        get its report (or its error)."""
         params_before = count_params(self.model)
         num_blocks = len(self.blocks(config.granularity))
         surgery = self.adapter.remove_blocks(self.model, selection.removed)
         config.removed_blocks = selection.removed
         report = self._report(config, selection, surgery, params_before, num_blocks, t_select)
-        path = save_pruned(
-            self.model,
-            self.tokenizer,
-            config,
-            report,
-            save_dir,
-            overwrite=overwrite,
-            energies=selection.energies,
-            write_report=write_report,
-        )
+        processes = Processes.current()
+        processes.barrier()  # every process's check_output ran before the folder appears
+        path, error = Path(save_dir), None
+        if processes.is_main:
+            try:
+                path = save_pruned(
+                    self.model,
+                    self.tokenizer,
+                    config,
+                    report,
+                    save_dir,
+                    overwrite=overwrite,
+                    energies=selection.energies,
+                    write_report=write_report,
+                )
+            except Exception as exc:  # the others must learn of it, or they wait forever
+                error = exc
+        report, message = processes.broadcast((report, None if error is None else str(error)))
+        if error is not None:
+            raise error
+        if message is not None:
+            raise BlockPruneError(f"the main process could not write {save_dir}: {message}")
         return PruneResult(path, selection.removed, report)
 
     def _report(

@@ -4,6 +4,7 @@ script (run in a fresh interpreter without optimum_blockprune)."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -11,6 +12,20 @@ from pathlib import Path
 
 CLI = str(Path(sys.executable).with_name("optimum-cli"))
 CAL = ["--num-samples", "4", "--seq-len", "16", "--batch-size", "2"]
+ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
+ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+CPU_ONLY = {**ENV, "CUDA_VISIBLE_DEVICES": ""}  # the processes talk over gloo even on a GPU machine
+
+
+def accelerate_cli(*args: str, module: str = "optimum_blockprune.cli") -> list[str]:
+    """``accelerate launch`` of two local processes running ``python -m module args``."""
+    with socket.socket() as s:  # a free port: other launches may hold the default one
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # --multi_gpu is accelerate's torchrun launcher; its --cpu flag would start one process only
+    launch = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)]
+    return [*launch, "-m", module, *args]
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

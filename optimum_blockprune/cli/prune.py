@@ -85,7 +85,7 @@ class PruneCommand(Leaf):
             result = pruner.prune(
                 config, output, overwrite=args.overwrite, progress=True, write_report=not args.no_report
             )
-        print_result(result, not args.no_report)
+        finish(result, not args.no_report)
 
 
 def apply_blocks(args: Namespace, blocks: list[str], output: str) -> None:
@@ -114,7 +114,17 @@ def apply_blocks(args: Namespace, blocks: list[str], output: str) -> None:
     result = pruner.remove(
         blocks, output, config=config, overwrite=args.overwrite, write_report=not no_report
     )
-    print_result(result, not no_report)
+    finish(result, not no_report)
+
+
+def finish(result, report: bool) -> None:
+    """Print the result on the main process only, then end an ``accelerate launch``'s process group."""
+    from optimum_blockprune.energy.distributed import Processes
+
+    processes = Processes.current()
+    if processes.is_main:
+        print_result(result, report)
+    processes.close()
 
 
 def _calibration(args: Namespace) -> dict:

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
+
+from optimum_blockprune.data.calibration import CalibrationData
 
 
 def _launched() -> bool:
@@ -62,6 +65,18 @@ class Processes:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def bounds(self, n: int) -> tuple[int, int]:
+        """This process's contiguous share ``[lo, hi)`` of ``n`` items in order: rank r gets
+        ``[r·n/world, (r+1)·n/world)``, so the shares concatenated in rank order are the items."""
+        return self.rank * n // self.world, (self.rank + 1) * n // self.world
+
+    def shard(self, data: CalibrationData) -> CalibrationData:
+        """This process's contiguous share of the calibration samples (all of them in one process)."""
+        if self.world == 1:
+            return data
+        lo, hi = self.bounds(len(data))
+        return CalibrationData(data.input_ids[lo:hi], data.attention_mask[lo:hi], data.metadata)
+
     def gather(self, obj: Any) -> list[Any]:
         """Every process's ``obj``, in rank order, on every process."""
         if self.world == 1:
@@ -86,6 +101,18 @@ class Processes:
         """End the process group (at the end of a launched program)."""
         if self.world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Where the model's inputs go: the first accelerator of a ``device_map``, else its weights' device."""
+    device_map = getattr(model, "hf_device_map", None) or {}
+    for where in device_map.values():
+        if where not in ("cpu", "disk", "meta"):
+            return torch.device(where)
+    if device_map:
+        return torch.device("cpu")
+    param = next(model.parameters(), None)
+    return param.device if param is not None and param.device.type != "meta" else torch.device("cpu")
 
 
 def placement(

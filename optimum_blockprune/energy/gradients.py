@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from optimum_blockprune.blocks import Block
 from optimum_blockprune.data.calibration import CalibrationData
 from optimum_blockprune.energy.chunked_loss import loss_and_backward
-from optimum_blockprune.energy.distributed import Processes
+from optimum_blockprune.energy.distributed import Processes, input_device
 from optimum_blockprune.energy.partial import PartialRows, sha256
 from optimum_blockprune.errors import BlockPruneError
 from optimum_blockprune.model.adapters.base import Adapter
@@ -150,18 +150,6 @@ def analysis_fingerprint(
         "calibration": data.metadata,
         "tokens": sha256(data.input_ids.numpy(), data.attention_mask.numpy()),
     }
-
-
-def input_device(model: nn.Module) -> torch.device:
-    """Where the model's inputs go: the first accelerator of a ``device_map``, else its weights' device."""
-    device_map = getattr(model, "hf_device_map", None) or {}
-    for where in device_map.values():
-        if where not in ("cpu", "disk", "meta"):
-            return torch.device(where)
-    if device_map:
-        return torch.device("cpu")
-    param = next(model.parameters(), None)
-    return param.device if param is not None and param.device.type != "meta" else torch.device("cpu")
 
 
 @contextmanager

@@ -18,11 +18,9 @@ from tqdm.auto import tqdm
 
 from optimum_blockprune.blocks import Block
 from optimum_blockprune.data.calibration import CalibrationData
-from optimum_blockprune.energy.distributed import Processes
 from optimum_blockprune.energy.gradients import gate_gradients
 from optimum_blockprune.energy.model import EnergyModel
 from optimum_blockprune.energy.scoring import LossScorer, Unit
-from optimum_blockprune.errors import BlockPruneError
 from optimum_blockprune.model.adapters.base import Adapter
 
 GRADIENT_VARIANTS = ("fisher", "taylor")
@@ -126,9 +124,10 @@ def analyze(
 ) -> EnergyModel:
     """The energy model of ``variant`` at the configuration that removes ``base`` (positions).
 
-    Gradient variants measure gate gradients (rows checkpointed to ``checkpoint``, shared among
-    ``accelerate launch`` processes); loss variants measure real removals with ``scorer``
-    (one process), never re-measuring the blocks in ``exclude``."""
+    Gradient variants measure gate gradients (rows checkpointed to ``checkpoint``); loss variants
+    measure real removals with ``scorer``, never re-measuring the blocks in ``exclude``. Both
+    share the calibration samples among ``accelerate launch`` processes; every process gets the
+    whole energy."""
     if variant in GRADIENT_VARIANTS:
         A, losses = gate_gradients(
             model,
@@ -145,10 +144,6 @@ def analyze(
         energy = gradient_energy(variant, A, blocks, base)
         energy.sources["losses"] = losses
         return energy
-    if Processes.current().world > 1:
-        raise BlockPruneError(
-            f"the {variant!r} energy runs in one process; drop accelerate launch "
-            "or use --energy fisher / taylor for a data-parallel analysis"
-        )
     scorer = scorer or LossScorer(model, adapter, data, batch_size)
+    progress = progress and scorer.processes.is_main
     return loss_energy(variant, scorer, blocks, base, exclude, progress)

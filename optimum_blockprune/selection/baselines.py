@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from optimum_blockprune.blocks import Block
 from optimum_blockprune.data.calibration import CalibrationData
+from optimum_blockprune.energy.distributed import Processes, input_device
 from optimum_blockprune.errors import BlockPruneError
 from optimum_blockprune.model.adapters.base import Adapter
 from optimum_blockprune.model.gates import Gates, removal_gates
@@ -64,7 +65,8 @@ def similarity_scores(
     A whole layer: X its input, Y its output (Men et al.). A branch (attention / MLP / ...): X the
     residual stream before it, Y = X + its output (LLM-Drop's attention / MLP drop); the branches
     of a layer are chained in the order they run. ``off`` (block positions) are gated to zero
-    first, as iterative ShortGPT does after each removal. NaN similarities count as 0.5.
+    first, as iterative ShortGPT does after each removal. NaN similarities count as 0.5. Under
+    ``accelerate launch`` each process sums over its share of the samples and the sums are added.
     """
     layers = adapter.decoder_layers(model)
     sums = np.zeros(len(blocks))
@@ -76,7 +78,7 @@ def similarity_scores(
     def add(key: tuple[int, str], x: torch.Tensor, y: torch.Tensor) -> None:
         if key in position:
             cos = torch.nan_to_num(F.cosine_similarity(x.float(), y.float(), dim=-1), nan=0.5)
-            sums[position[key]] += float(cos[state["mask"]].double().sum())
+            sums[position[key]] += float(cos[state["mask"].to(cos.device)].double().sum())
 
     def pre_hook(i: int):
         def fn(module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -119,15 +121,19 @@ def similarity_scores(
             if need_branches:
                 for kind, module in adapter.branches(layer).items():
                     handles.append(module.register_forward_hook(branch_hook(i, kind)))
+        processes, device = Processes.current(), input_device(model)
         try:
-            for ids, mask in data.batches(batch_size):
+            for ids, mask in processes.shard(data).batches(batch_size):
+                ids, mask = ids.to(device), mask.to(device)
                 state["mask"] = mask.bool()
                 _forward(model, ids, mask)
                 count += int(mask.sum())
         finally:
             for handle in handles:
                 handle.remove()
-    return 1.0 - sums / max(count, 1)
+    shares = processes.gather((sums, count))  # added in rank order: the same on every process
+    total = sum(c for _, c in shares)
+    return 1.0 - np.sum([s for s, _ in shares], axis=0) / max(total, 1)
 
 
 def block_influence(
@@ -142,13 +148,14 @@ def residual_states(
     model: nn.Module, adapter: Adapter, data: CalibrationData, batch_size: int = 8
 ) -> torch.Tensor:
     """Residual stream at the last non-padding token of every sample: ``[samples, layers + 1, hidden]``
-    (entry i is layer i's input; the last entry is the last layer's raw output, before the final norm)."""
+    (entry i is layer i's input; the last entry is the last layer's raw output, before the final norm),
+    on the CPU; under ``accelerate launch`` each process runs its share and the rows are gathered."""
     layers = adapter.decoder_layers(model)
     states: list[torch.Tensor] = []
     current: dict[str, Any] = {}
 
     def take(h: torch.Tensor) -> torch.Tensor:
-        return h[torch.arange(h.shape[0]), current["last"]].float()
+        return h[torch.arange(h.shape[0]), current["last"].to(h.device)].float().cpu()
 
     def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
         current["rows"].append(take(layer_input(args, kwargs)))
@@ -158,16 +165,17 @@ def residual_states(
 
     handles = [layer.register_forward_pre_hook(pre_hook, with_kwargs=True) for layer in layers]
     handles.append(layers[-1].register_forward_hook(last_hook))
+    processes, device = Processes.current(), input_device(model)
     try:
-        for ids, mask in data.batches(batch_size):
+        for ids, mask in processes.shard(data).batches(batch_size):
             current["rows"] = []
             current["last"] = mask.long().sum(dim=1).clamp_min(1) - 1
-            _forward(model, ids, mask)
+            _forward(model, ids.to(device), mask.to(device))
             states.append(torch.stack(current["rows"], dim=1))
     finally:
         for handle in handles:
             handle.remove()
-    return torch.cat(states)
+    return torch.cat([row for share in processes.gather(states) for row in share])
 
 
 def angular_distances(states: torch.Tensor, n: int) -> np.ndarray:
@@ -280,12 +288,15 @@ class BaselineRequest:
     seed: int = 0
     progress: bool = False
     scorer: Any = None  # a LossScorer to reuse (its dense pass and memo), or None
+    cache_device: str | torch.device | None = None  # where a new LossScorer caches layer inputs
 
     def loss_scorer(self) -> Any:
         from optimum_blockprune.energy.scoring import LossScorer
 
         if self.scorer is None:
-            self.scorer = LossScorer(self.model, self.adapter, self.data, self.batch_size)
+            self.scorer = LossScorer(
+                self.model, self.adapter, self.data, self.batch_size, cache_device=self.cache_device
+            )
         return self.scorer
 
 
@@ -482,8 +493,10 @@ def select_baseline(
     seed: int = 0,
     progress: bool = False,
     scorer: Any = None,
+    cache_device: str | torch.device | None = None,
 ) -> MethodSelection:
-    """Choose blocks with a peer method; ``remove`` is a count or counts per kind."""
+    """Choose blocks with a peer method; ``remove`` is a count or counts per kind; ``cache_device``:
+    where a new loss scorer keeps its cached layer inputs (default: the model's device)."""
     if method not in BASELINES:
         raise BlockPruneError(f"unknown method {method!r}; choose one of {', '.join(BASELINES)}")
     spec = BASELINES[method]
@@ -495,7 +508,7 @@ def select_baseline(
     blocks = adapter.blocks(model, granularity)
     quota = Quota(Rules(model, adapter, blocks, protect, force), remove)
     request = BaselineRequest(
-        model, adapter, data, blocks, quota, granularity, batch_size, seed, progress, scorer
+        model, adapter, data, blocks, quota, granularity, batch_size, seed, progress, scorer, cache_device
     )
     cost, t0 = Cost(), time.perf_counter()
     chosen, scores, steps = spec.selector(request, cost)

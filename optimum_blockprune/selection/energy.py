@@ -12,6 +12,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from optimum_blockprune.blocks import Block, positions
+from optimum_blockprune.energy.distributed import Processes
 from optimum_blockprune.energy.model import EnergyModel, penalise_overlaps
 from optimum_blockprune.energy.variants import GRADIENT_VARIANTS, analyze
 from optimum_blockprune.errors import BlockPruneError
@@ -85,6 +86,8 @@ def select_energy(request: Request) -> Selection:
         taken = {*chosen, *exclude, *rules.protect_names}
         pool = cheapest_per_kind(energy, blocks, [i for i, n in enumerate(names) if n not in taken])
         samples, keep = _solve_round(request, rules, energy, (target, target_params), chosen, exclude, last)
+        # a time-limited solver may end differently in each process: all rerank the main one's
+        samples, keep = Processes.current().broadcast((samples, keep))
         candidates = [c for c, k in zip(solution_names(samples), keep, strict=True) if k]
         scores = rerank(scorer, candidates, base=chosen, progress=request.progress)
         best = int(np.argmin(scores))

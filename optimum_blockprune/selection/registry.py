@@ -17,6 +17,7 @@ from optimum_blockprune.errors import BlockPruneError
 from optimum_blockprune.hookspecs import collect
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from optimum_blockprune.blocks import Block
@@ -33,7 +34,8 @@ ENERGY_METHOD = "energy"
 class Request:
     """Everything a method may use: the model and its adapter, the blocks at the configured
     granularity, the run's configuration, the calibration data (loaded on first use) and a loss
-    scorer shared with the caller (built on first use)."""
+    scorer shared with the caller (built on first use, its cached layer inputs on
+    ``cache_device``: default the model's)."""
 
     model: nn.Module
     adapter: Adapter
@@ -46,13 +48,17 @@ class Request:
     progress: bool = False
     #: An energy model computed before (``prune --energy-file``): solved in one round, not recomputed.
     energy: EnergyModel | None = None
+    #: Where the loss scorer keeps its cached layer inputs (``"cpu"`` beside a GPU model), or None.
+    cache_device: str | torch.device | None = None
 
     def data(self) -> CalibrationData:
         return self.calibration()
 
     def loss_scorer(self) -> LossScorer:
         if self.scorer is None:
-            self.scorer = LossScorer(self.model, self.adapter, self.data(), self.config.batch_size)
+            self.scorer = LossScorer(
+                self.model, self.adapter, self.data(), self.config.batch_size, cache_device=self.cache_device
+            )
         return self.scorer
 
 

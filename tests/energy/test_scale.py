@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,16 +15,13 @@ import pytest
 import torch
 import torch.utils.checkpoint
 from conftest import CORPUS
+from helpers import ACCELERATE, CPU_ONLY, ENV, accelerate_cli
 
 from optimum_blockprune.config import BlockPruneConfig
 from optimum_blockprune.energy.model import EnergyModel
 from optimum_blockprune.energy.partial import PartialRows, partial_path
 from optimum_blockprune.errors import BlockPruneError
 from optimum_blockprune.pruner import BlockPruner
-
-ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
-ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-CPU_ONLY = {**ENV, "CUDA_VISIBLE_DEVICES": ""}  # the processes talk over gloo even on a GPU machine
 
 
 @pytest.fixture
@@ -51,16 +47,6 @@ def cli_args(model: Path | None, cal: dict, output: Path) -> list[str]:
 
 def python_cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "optimum_blockprune.cli", *args]
-
-
-def accelerate_cli(*args: str) -> list[str]:
-    with socket.socket() as s:  # a free port: other launches may hold the default one
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    # --multi_gpu is accelerate's torchrun launcher; its --cpu flag would start one process only
-    launch = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
-    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)]
-    return [*launch, "-m", "optimum_blockprune.cli", *args]
 
 
 def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
