@@ -277,10 +277,13 @@ def placement_from_args(args: Namespace) -> Placement:
     else:
         device_map = None
     gpu = on_gpu(device, device_map)
-    dtype = resolve_dtype(args.dtype, gpu)
+    place = Placement(
+        resolve_dtype(args.dtype, gpu), device, device_map, max_memory, args.offload_folder, processes.is_main
+    )
+    place.weights_device  # noqa: B018 - a device map naming one device is checked here
     if args.dtype == "auto" and gpu and processes.is_main:
-        print(f"dtype: {str(dtype).removeprefix('torch.')} (--dtype auto on a GPU)")
-    return Placement(dtype, device, device_map, max_memory, args.offload_folder, processes.is_main)
+        print(f"dtype: {str(place.dtype).removeprefix('torch.')} (--dtype auto on a GPU)")
+    return place
 
 
 def check_memory_from_args(

@@ -110,7 +110,8 @@ class MemoryEstimate:
         dtype = str(self.dtype).removeprefix("torch.")
         texts = []
         for i, part in enumerate(self.parts):
-            where = f"{dtype} on {part.device}" if i == 0 else f"on {part.device}"
+            device = "the device map's devices" if part.device == SPREAD else part.device
+            where = f"{dtype} on {device}" if i == 0 else f"on {device}"
             texts.append(f"{part.name} {size_text(part.bytes)} ({where})")
         free = [f"{d} has {size_text(n)} free" for d, n in self.available.items() if n is not None]
         tail = f"; {', '.join(free)}" if free else ""
@@ -210,35 +211,35 @@ def check_memory(
             estimate.available[device] = free_memory(device, max_memory)
     for device, need in needs.items():
         if device == SPREAD:
-            have = sum(n for d, n in estimate.available.items() if n is not None and d in _pool(max_memory))
+            pool = _pool(max_memory)
+            have = sum(n for d, n in estimate.available.items() if n is not None and d in pool)
             have -= sum(n for d, n in needs.items() if d != SPREAD)  # the other parts come first
             if not offload and need > have:
                 raise BlockPruneError(
-                    f"{estimate.line()}: the weights need {size_text(need)} but the devices have "
-                    f"{size_text(max(have, 0))}; add --offload-folder (layers go to disk) or raise --max-memory"
+                    f"{estimate.line()}: the weights do not fit on the devices; "
+                    "add --offload-folder (layers go to disk) or raise --max-memory"
                 )
             continue
         have = estimate.available.get(device)
         if have is not None and need > have:
             raise BlockPruneError(
-                f"{estimate.line()}: {device} needs {size_text(need)} but has {size_text(have)}; "
-                + _fix(estimate, device)
+                f"{estimate.line()}: does not fit on {device}; {_fix(estimate, device, have)}"
             )
     return estimate
 
 
-def _fix(estimate: MemoryEstimate, device: str) -> str:
-    """What to change when ``device`` is short of memory."""
+def _fix(estimate: MemoryEstimate, device: str, have: int) -> str:
+    """What to change when ``device``, which has ``have`` bytes, is short of memory."""
     mine = {p.name: p.bytes for p in estimate.parts if p.device == device}
+    need, cache = sum(mine.values()), mine.get(CACHE, 0)
     fixes = []
-    cache = mine.get(CACHE, 0)
-    if cache and device != "cpu":
-        fixes.append("pass --cache-device cpu")
-    elif cache:
-        fixes.append("use fewer --num-samples or a shorter --seq-len")
-    if "weights" in mine:
+    if cache:
+        fixes.append(
+            "pass --cache-device cpu" if device != "cpu" else "use fewer --num-samples or a shorter --seq-len"
+        )
+    if "weights" in mine and (not cache or need - cache > have):
         fixes.append("pass --device-map auto (with --offload-folder) or a smaller --dtype")
-    if mine.get("work", 0) > cache:
+    if mine.get("work", 0) > have / 4:
         fixes.append("use a smaller --batch-size")
     return "; or ".join(fixes) or "free some memory"
 
