@@ -250,9 +250,7 @@ class Placement:
         if isinstance(self.device_map, dict) and set(self.device_map) == {""}:
             return str(self.device_map[""])
         if isinstance(self.device_map, str) and self.device_map not in AUTO_MAPS:
-            from optimum_blockprune.model.loading import check_device
-
-            return check_device(self.device_map, "device_map")
+            return self.device_map
         return SPREAD
 
 
@@ -272,15 +270,15 @@ def placement_from_args(args: Namespace) -> Placement:
         )
     device = check_device(args.device) if args.device else None
     max_memory = parse_max_memory(args.max_memory) if args.max_memory else None
+    device_map = args.device_map
+    if isinstance(device_map, str) and device_map not in (*AUTO_MAPS, "disk"):  # one device, as --device
+        device_map = check_device(device_map, "device_map")
     if device is None:
-        device_map, max_memory = placement(args.device_map, max_memory, processes)
-    else:
-        device_map = None
+        device_map, max_memory = placement(device_map, max_memory, processes)
     gpu = on_gpu(device, device_map)
     place = Placement(
         resolve_dtype(args.dtype, gpu), device, device_map, max_memory, args.offload_folder, processes.is_main
     )
-    place.weights_device  # noqa: B018 - a device map naming one device is checked here
     if args.dtype == "auto" and gpu and processes.is_main:
         print(f"dtype: {str(place.dtype).removeprefix('torch.')} (--dtype auto on a GPU)")
     return place

@@ -104,8 +104,8 @@ def test_the_memory_check_refuses_before_weights_load(tmp_path, tiny_model_dir, 
         "prune", "-m", str(model), "--calibration", str(text_file), *CAL, "--remove", "1",
         "-o", str(out), "--max-memory", "cpu=100KiB",
     )  # fmt: skip
-    assert_user_error(proc, "cpu needs")
-    assert "memory: weights" in proc.stderr and "has 100.0 KiB" in proc.stderr
+    assert_user_error(proc, "cpu has 100.0 KiB free: does not fit on cpu; use fewer --num-samples")
+    assert "memory: weights 292.6 KiB (float32 on cpu)" in proc.stderr
     assert not out.exists()
 
 
