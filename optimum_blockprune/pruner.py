@@ -53,6 +53,8 @@ class BlockPruner:
         model_id: str = "",
         cache_device: str | torch.device | None = None,
     ) -> None:
+        """``cache_device``: where the loss scorer keeps its cached layer inputs (default: the
+        model's device)."""
         self.model, self.tokenizer, self.adapter, self.model_id = model, tokenizer, adapter, model_id
         self.cache_device = cache_device
         self.model.eval()
@@ -67,28 +69,33 @@ class BlockPruner:
         tokenizer: Any = None,
         adapter: str | None = None,
         dtype: torch.dtype = torch.float32,
+        device: str | torch.device | None = None,
         device_map: str | dict | None = None,
         max_memory: dict | None = None,
         offload_folder: str | Path | None = None,
         revision: str | None = None,
+        cache_device: str | torch.device | None = None,
     ) -> BlockPruner:
         """Load a model folder, a Hub id (at ``revision``) or ``"demo"`` (the bundled demo model;
         also ``None``), or wrap an in-memory model.
 
-        ``device_map`` / ``max_memory`` / ``offload_folder`` place a large model over GPUs, CPU
-        and disk (see :func:`optimum_blockprune.loading.load_model_and_tokenizer`)."""
+        ``device`` puts the whole model on one device; ``device_map`` / ``max_memory`` /
+        ``offload_folder`` place a large model over GPUs, CPU and disk (see
+        :func:`optimum_blockprune.model.loading.load_model_and_tokenizer`). ``cache_device``: where
+        the loss scorer keeps its cached layer inputs (default: the model's device)."""
         from optimum_blockprune.model.loading import load_model_and_tokenizer
 
         model, tokenizer, model_id = load_model_and_tokenizer(
             model_or_path,
             tokenizer=tokenizer,
             dtype=dtype,
+            device=device,
             device_map=device_map,
             max_memory=max_memory,
             offload_folder=offload_folder,
             revision=revision,
         )
-        return cls(model, tokenizer, get_adapter(model, adapter), model_id)
+        return cls(model, tokenizer, get_adapter(model, adapter), model_id, cache_device=cache_device)
 
     def blocks(self, granularity: str = "layer") -> list[Block]:
         return self.adapter.blocks(self.model, granularity)

@@ -11,8 +11,11 @@ from optimum_blockprune.cli.options import (
     add_calibration_args,
     add_granularity_arg,
     add_model_args,
+    add_placement_args,
     add_scale_args,
     calibration_settings,
+    check_memory_from_args,
+    placement_from_args,
     plan_from_args,
 )
 from optimum_blockprune.errors import BlockPruneError
@@ -28,6 +31,7 @@ class AnalyzeCommand(Leaf):
         add_model_args(parser)
         add_calibration_args(parser)
         add_granularity_arg(parser)
+        add_placement_args(parser, cache=True)
         add_scale_args(parser)
         parser.add_argument("--output", "-o", default="energy.safetensors", help="energy file to write")
         parser.add_argument("--overwrite", action="store_true", help="replace an existing energy file")
@@ -35,12 +39,10 @@ class AnalyzeCommand(Leaf):
     def execute(self, args: Namespace) -> None:
         from pathlib import Path
 
-        import torch
-
         from optimum_blockprune.config import BlockPruneConfig
-        from optimum_blockprune.energy.distributed import Processes, placement
+        from optimum_blockprune.energy.distributed import Processes
         from optimum_blockprune.energy.partial import partial_path
-        from optimum_blockprune.model.loading import parse_max_memory
+        from optimum_blockprune.energy.variants import GRADIENT_VARIANTS
         from optimum_blockprune.pruner import BlockPruner
 
         out = Path(args.output)
@@ -49,16 +51,15 @@ class AnalyzeCommand(Leaf):
         config = BlockPruneConfig(remove=1, granularity=args.granularity, **calibration_settings(args))
         plan = plan_from_args(args, config)  # everything checked before the model loads
         processes = Processes.current()
-        max_memory = parse_max_memory(args.max_memory) if args.max_memory else None
-        device_map, max_memory = placement(args.device_map, max_memory, processes)
+        place = placement_from_args(args)
+        scored = args.energy not in GRADIENT_VARIANTS  # the loss scorer caches layer inputs
+        cache_device = check_memory_from_args(args, place, plan.model_config, cache=scored)
         pruner = BlockPruner.from_pretrained(
             plan.model,
             revision=plan.revision,
             adapter=args.adapter,
-            dtype=getattr(torch, args.dtype),
-            device_map=device_map,
-            max_memory=max_memory,
-            offload_folder=args.offload_folder,
+            cache_device=cache_device,
+            **place.load_kwargs(),
         )
         partial = partial_path(out)
         energy = pruner.analyze(

@@ -12,6 +12,7 @@ from optimum_blockprune.cli.options import (
     add_calibration_args,
     add_model_args,
     add_output_arg,
+    add_placement_args,
     name_list,
     require,
 )
@@ -35,6 +36,7 @@ class ApplyCommand(Leaf):
         add_output_arg(parser, "the pruned model")
         add_report_arg(parser)
         add_calibration_args(parser)  # the calibration loss before and after, for the report
+        add_placement_args(parser)
 
     def execute(self, args: Namespace) -> None:
         blocks = name_list(require(args, "blocks", "which blocks to remove, e.g. layers.3,layers.7.attn"))

@@ -7,10 +7,12 @@ from argparse import SUPPRESS, ArgumentParser, Namespace
 from optimum.commands.base import CommandInfo
 
 from optimum_blockprune.cli.options import (
-    DTYPES,
     Leaf,
     add_model_arg,
+    add_placement_args,
+    check_memory_from_args,
     name_list,
+    placement_from_args,
 )
 from optimum_blockprune.errors import SettingError
 
@@ -49,15 +51,11 @@ class EvalCommand(Leaf):
         )
         group.add_argument("--limit", type=int, default=None, help="at most this many examples per task")
         parser.add_argument("--batch-size", type=int, default=8, help="samples per forward pass (default: 8)")
-        parser.add_argument(
-            "--dtype", default="float32", choices=DTYPES, help="weights' dtype (default: float32)"
-        )
+        add_placement_args(parser)
         parser.add_argument("--output-json", default=None, help="also write the results to this JSON file")
 
     def execute(self, args: Namespace) -> None:
         import time
-
-        import torch
 
         from optimum_blockprune.model.loading import load_model_and_tokenizer
         from optimum_blockprune.plan import check_calibration, resolve_model
@@ -75,10 +73,12 @@ class EvalCommand(Leaf):
 
             with offline():
                 manager = task_manager(tasks, args.include_path)
-        source, _ = resolve_model(args.model, args.revision)
+        source, model_config = resolve_model(args.model, args.revision)
+        place = placement_from_args(args)
+        check_memory_from_args(args, place, model_config)
         t0 = time.perf_counter()
         model, tokenizer, model_id = load_model_and_tokenizer(
-            source, dtype=getattr(torch, args.dtype), revision=args.revision
+            source, revision=args.revision, **place.load_kwargs()
         )
         model.eval()
         out: dict = {"model": model_id, "perplexity": None, "tasks": {}}

@@ -6,7 +6,14 @@ from argparse import ArgumentParser, Namespace
 
 from optimum.commands.base import CommandInfo
 
-from optimum_blockprune.cli.options import Leaf, add_output_arg, require
+from optimum_blockprune.cli.options import (
+    Leaf,
+    add_output_arg,
+    add_placement_args,
+    check_memory_from_args,
+    placement_from_args,
+    require,
+)
 
 
 class HealCommand(Leaf):
@@ -25,9 +32,9 @@ class HealCommand(Leaf):
         )
         parser.add_argument(
             "--teacher-dtype",
-            default="float32",
+            default=None,
             choices=("float32", "bfloat16", "float16"),
-            help="precision of the teacher (default: float32)",
+            help="precision of the teacher (default: --dtype's)",
         )
         parser.add_argument(
             "--data",
@@ -70,6 +77,7 @@ class HealCommand(Leaf):
             default=32,
             help="held-out demo blocks for perplexity before/after (0: skip; default: 32)",
         )
+        add_placement_args(parser)
 
     def execute(self, args: Namespace) -> None:
         from optimum_blockprune.healing import heal
@@ -77,9 +85,13 @@ class HealCommand(Leaf):
 
         model = require(args, "model", "which pruned model to heal")
         output = require(args, "output", "where to save the healed model")
-        source, _ = resolve_model(model)  # checked before anything loads
+        source, model_config = resolve_model(model)  # checked before anything loads
         check_calibration(args.data, "data")
         check_output(output, args.overwrite, source)
+        place = placement_from_args(args)
+        # gradients and AdamW's two states of full fine-tuning; the teacher counted at the model's size
+        train_factor = (3.0 if args.full else 0.0) + (1.0 if args.alpha < 1 else 0.0)
+        check_memory_from_args(args, place, model_config, train_factor=train_factor)
         result = heal(
             source,
             output,
@@ -94,6 +106,7 @@ class HealCommand(Leaf):
             batch_size=args.batch_size,
             seq_len=args.seq_len,
             teacher_dtype=args.teacher_dtype,
+            **place.load_kwargs(),
             save_steps=args.save_steps,
             checkpoint_dir=args.checkpoint_dir,
             resume=args.resume,

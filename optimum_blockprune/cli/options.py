@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sys
 from argparse import ArgumentParser, Namespace
+from dataclasses import dataclass
+from typing import Any
 
 from optimum.commands.base import BaseOptimumCLICommand
 
@@ -159,31 +161,50 @@ def target_settings(args: Namespace) -> dict:
     }
 
 
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+#: The ``device_map`` strings with which accelerate splits a model over the devices it finds.
+AUTO_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
-def add_scale_args(parser: ArgumentParser) -> None:
-    group = parser.add_argument_group(
-        "large models and long runs (gradient energies; under 'accelerate launch' the samples are shared)"
+def add_placement_args(parser: ArgumentParser, cache: bool = False) -> None:
+    """Where the model runs and in which dtype, the same on every command that loads one;
+    ``cache``: also ``--cache-device`` (the commands whose selection caches layer inputs)."""
+    group = parser.add_argument_group("placement (devices, dtype, memory)")
+    group.add_argument(
+        "--device", default=None, help="the whole model on one device: cpu, cuda, cuda:1, mps (default: cpu)"
     )
     group.add_argument(
         "--dtype",
-        default="float32",
+        default="auto",
         choices=DTYPES,
-        help="weights' dtype (default: float32); gates and their gradients stay float32",
+        help="weights' dtype (default: auto = bfloat16 on a CUDA GPU that supports it, else float32)",
     )
     group.add_argument(
         "--device-map",
         default=None,
-        help="'auto' splits the model over GPUs, CPU and disk; or a device such as cuda:0 (default: CPU)",
+        help="'auto' splits the model over GPUs, CPU and disk; or a device such as cuda:0 (default: none)",
     )
     group.add_argument(
         "--max-memory",
         default=None,
-        help="per device limits, e.g. 0=70GiB,1=70GiB,cpu=200GiB (under accelerate launch with "
-        "--device-map auto, GPU numbers count within each process's share of the GPUs)",
+        help="per-device limits, e.g. 0=70GiB,1=70GiB,cpu=200GiB: the memory check holds each device to "
+        "them, and --device-map gets them (under accelerate launch with --device-map auto, GPU numbers "
+        "count within each process's share of the GPUs)",
     )
     group.add_argument("--offload-folder", default=None, help="folder for layers offloaded to disk")
+    if cache:
+        group.add_argument(
+            "--cache-device",
+            default="auto",
+            help="where the loss scorer keeps every layer's input for every calibration sample: auto "
+            "(the model's device when the memory estimate fits there, else cpu), cpu, cuda, cuda:N",
+        )
+
+
+def add_scale_args(parser: ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "long runs (gradient energies; under 'accelerate launch' the samples are shared)"
+    )
     group.add_argument(
         "--gradient-checkpointing",
         action="store_true",
@@ -194,6 +215,110 @@ def add_scale_args(parser: ArgumentParser) -> None:
         action="store_true",
         help="ignore OUTPUT.partial (rows checkpointed by an interrupted run) and start over",
     )
+
+
+@dataclass
+class Placement:
+    """The placement flags, checked: what ``from_pretrained`` gets, and what the memory check needs."""
+
+    dtype: Any
+    device: str | None = None
+    device_map: str | dict | None = None
+    max_memory: dict | None = None
+    offload_folder: str | None = None
+    is_main: bool = True
+
+    def load_kwargs(self) -> dict:
+        """Keyword arguments of ``load_model_and_tokenizer`` / ``BlockPruner.from_pretrained``."""
+        return {
+            "dtype": self.dtype,
+            "device": self.device,
+            "device_map": self.device_map,
+            "max_memory": self.max_memory if self.device_map is not None else None,
+            "offload_folder": self.offload_folder,
+        }
+
+    @property
+    def weights_device(self) -> str:
+        """The weights' one device, or ``SPREAD`` when a device map may split them."""
+        from optimum_blockprune.model.memory import SPREAD
+
+        if self.device is not None:
+            return self.device
+        if self.device_map is None:
+            return "cpu"
+        if isinstance(self.device_map, dict) and set(self.device_map) == {""}:
+            return str(self.device_map[""])
+        if isinstance(self.device_map, str) and self.device_map not in AUTO_MAPS:
+            return self.device_map
+        return SPREAD
+
+
+def placement_from_args(args: Namespace) -> Placement:
+    """The checked placement flags (under ``accelerate launch`` each process gets its own device,
+    as :func:`optimum_blockprune.energy.distributed.placement` decides); with ``--dtype auto`` on a
+    GPU the chosen dtype is printed."""
+    from optimum_blockprune.energy.distributed import Processes, placement
+    from optimum_blockprune.model.loading import check_device, on_gpu, parse_max_memory, resolve_dtype
+
+    if args.device and args.device_map:
+        raise BlockPruneError("--device and --device-map both place the model; give one of them")
+    processes = Processes.current()
+    if args.device and processes.world > 1:
+        raise BlockPruneError(
+            "under accelerate launch each process puts the model on its own device; drop --device"
+        )
+    device = check_device(args.device) if args.device else None
+    max_memory = parse_max_memory(args.max_memory) if args.max_memory else None
+    device_map = args.device_map
+    if isinstance(device_map, str) and device_map not in (*AUTO_MAPS, "disk"):  # one device, as --device
+        device_map = check_device(device_map, "device_map")
+    if device is None:
+        device_map, max_memory = placement(device_map, max_memory, processes)
+    gpu = on_gpu(device, device_map)
+    place = Placement(
+        resolve_dtype(args.dtype, gpu), device, device_map, max_memory, args.offload_folder, processes.is_main
+    )
+    if args.dtype == "auto" and gpu and processes.is_main:
+        print(f"dtype: {str(place.dtype).removeprefix('torch.')} (--dtype auto on a GPU)")
+    return place
+
+
+def check_memory_from_args(
+    args: Namespace,
+    place: Placement,
+    model_config: Any,
+    *,
+    cache: bool = False,
+    train_factor: float = 0.0,
+) -> str | None:
+    """Estimate the run's memory from the model's config, print it, and stop with one line when
+    it cannot fit; ``cache``: count the loss scorer's activation cache and return its device
+    (``--cache-device``, ``auto`` resolved)."""
+    from optimum_blockprune.model.loading import check_device
+    from optimum_blockprune.model.memory import cache_device_for, check_memory, estimate_memory
+
+    wanted = getattr(args, "cache_device", "auto") if cache else None
+    cache_device = None
+    if wanted is not None and wanted != "auto":
+        cache_device = check_device(wanted, "cache_device")
+    estimate = estimate_memory(
+        model_config,
+        place.dtype,
+        place.weights_device,
+        cache_device=cache_device or (place.weights_device if cache else None),
+        num_samples=getattr(args, "num_samples", 0) if cache else 0,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        train_factor=train_factor,
+    )
+    if wanted == "auto":
+        cache_device = cache_device_for(estimate, place.max_memory)
+        estimate = estimate.with_cache_on(cache_device)
+    check_memory(estimate, place.max_memory, offload=place.offload_folder is not None)
+    if place.is_main:
+        print(estimate.line(), flush=True)
+    return cache_device
 
 
 def name_list(text: str) -> list[str]:

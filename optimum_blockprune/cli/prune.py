@@ -8,14 +8,18 @@ from optimum.commands.base import CommandInfo
 
 from optimum_blockprune.cli.options import (
     Leaf,
+    Placement,
     add_calibration_args,
     add_method_args,
     add_model_args,
     add_output_arg,
+    add_placement_args,
     add_target_args,
     calibration_settings,
+    check_memory_from_args,
     config_from_args,
     name_list,
+    placement_from_args,
     plan_from_args,
     require,
 )
@@ -67,6 +71,7 @@ class PruneCommand(Leaf):
         )
         add_output_arg(parser, "the pruned model")
         add_report_arg(parser)
+        add_placement_args(parser, cache=True)
 
     def execute(self, args: Namespace) -> None:
         from optimum_blockprune.pruner import BlockPruner
@@ -76,7 +81,15 @@ class PruneCommand(Leaf):
             return apply_blocks(args, name_list(args.blocks), output)
         config = config_from_args(args)
         plan = plan_from_args(args, config, output, args.overwrite)
-        pruner = BlockPruner.from_pretrained(plan.model, adapter=args.adapter, revision=plan.revision)
+        place = placement_from_args(args)
+        cache_device = check_memory_from_args(args, place, plan.model_config, cache=True)
+        pruner = BlockPruner.from_pretrained(
+            plan.model,
+            adapter=args.adapter,
+            revision=plan.revision,
+            cache_device=cache_device,
+            **place.load_kwargs(),
+        )
         if args.energy_file:
             result = pruner.prune_from_energy(
                 config, args.energy_file, output, overwrite=args.overwrite, write_report=not args.no_report
@@ -88,9 +101,10 @@ class PruneCommand(Leaf):
         finish(result, not args.no_report)
 
 
-def apply_blocks(args: Namespace, blocks: list[str], output: str) -> None:
+def apply_blocks(args: Namespace, blocks: list[str], output: str, place: Placement | None = None) -> None:
     """Remove ``blocks`` from ``--model`` and save to ``output`` (``apply``, ``prune --blocks``,
-    ``solve --apply``), checked before the model loads."""
+    ``solve --apply``), checked before the model loads; ``place``: the placement flags, if checked
+    already."""
     from optimum_blockprune.config import BlockPruneConfig
     from optimum_blockprune.plan import granularity_of, validate_request
     from optimum_blockprune.pruner import BlockPruner
@@ -109,7 +123,11 @@ def apply_blocks(args: Namespace, blocks: list[str], output: str) -> None:
         adapter=args.adapter,
         blocks=blocks,
     )
-    pruner = BlockPruner.from_pretrained(plan.model, adapter=args.adapter, revision=plan.revision)
+    place = place or placement_from_args(args)
+    check_memory_from_args(args, place, plan.model_config)
+    pruner = BlockPruner.from_pretrained(
+        plan.model, adapter=args.adapter, revision=plan.revision, **place.load_kwargs()
+    )
     no_report = getattr(args, "no_report", False)
     result = pruner.remove(
         blocks, output, config=config, overwrite=args.overwrite, write_report=not no_report

@@ -10,8 +10,10 @@ from optimum_blockprune.cli.options import (
     Leaf,
     add_model_arg,
     add_output_arg,
+    add_placement_args,
     add_target_args,
     name_list,
+    placement_from_args,
     require,
     target_settings,
 )
@@ -49,17 +51,20 @@ class SolveCommand(Leaf):
         group.add_argument("--num-samples", type=int, default=32, help="calibration samples (default: 32)")
         group.add_argument("--seq-len", type=int, default=128, help="tokens per sample (default: 128)")
         group.add_argument("--batch-size", type=int, default=8, help="samples per forward pass (default: 8)")
+        add_placement_args(parser)
 
     def execute(self, args: Namespace) -> None:
         from optimum_blockprune.config import BlockPruneConfig
         from optimum_blockprune.energy.model import EnergyModel
         from optimum_blockprune.solvers import solution_names, solve
 
-        if args.apply:  # the model and the output folder are checked before solving
+        place = None
+        if args.apply:  # the model, the output folder and the placement are checked before solving
             from optimum_blockprune.plan import check_output, resolve_model
 
             source, _ = resolve_model(args.model, args.revision)
             check_output(require(args, "output", "where to save the pruned model"), args.overwrite, source)
+            place = placement_from_args(args)
         energy = EnergyModel.load(args.energy_file)
         target = target_settings(args)
         model_params = energy.metadata.get("model_params")
@@ -97,7 +102,7 @@ class SolveCommand(Leaf):
         if args.apply:
             from optimum_blockprune.cli.prune import apply_blocks
 
-            apply_blocks(args, rows[0]["removed"], args.output)
+            apply_blocks(args, rows[0]["removed"], args.output, place)
 
 
 def solver_line(info: dict) -> str:

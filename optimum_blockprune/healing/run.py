@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from optimum_blockprune.config import BlockPruneConfig
@@ -69,7 +70,12 @@ def heal(
     learning_rate: float | None = None,
     batch_size: int = 8,
     seq_len: int = 128,
-    teacher_dtype: str = "float32",
+    teacher_dtype: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | None = None,
+    device_map: str | dict | None = None,
+    max_memory: dict | None = None,
+    offload_folder: str | Path | None = None,
     save_steps: int = 25,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
@@ -88,6 +94,9 @@ def heal(
     every ``save_steps`` steps (0: none); ``resume=True`` continues from the newest one. Every input is
     checked before anything is written. ``known_perplexity`` may give the held-out perplexities
     ``before`` (the pruned model) and ``teacher`` already measured on the same held-out blocks.
+    The model loads in ``dtype`` (the healed weights are saved in it) on ``device`` or over
+    ``device_map`` (with ``max_memory`` / ``offload_folder``); without either the Trainer picks
+    the device. The teacher goes where the model goes, in ``teacher_dtype`` (default: ``dtype``).
     """
     t_start = time.perf_counter()
     output = Path(output)
@@ -98,12 +107,15 @@ def heal(
     texts = [t for t in load_texts(data, "calibration", text_field) if t and t.strip()]
     if not texts:
         raise BlockPruneError(f"healing data {data!r} is empty; give a file or dataset with text in it")
-    student, tokenizer, model_id = load_model_and_tokenizer(model)
+    placement = {"device": device, "device_map": device_map, "max_memory": max_memory}
+    placement["offload_folder"] = offload_folder
+    student, tokenizer, model_id = load_model_and_tokenizer(model, dtype=dtype, **placement)
     prune_config, prune_report = _read_pruning(Path(model_id))
+    teacher_dtype = teacher_dtype or str(dtype).removeprefix("torch.")
     teacher_model, teacher_id = None, None
     if alpha < 1:
         teacher_model, teacher_id = _resolve_teacher(
-            student, tokenizer, model_id, prune_config, prune_report, teacher, teacher_dtype
+            student, tokenizer, model_id, prune_config, prune_report, teacher, teacher_dtype, placement
         )
     lr = learning_rate if learning_rate is not None else (1e-4 if lora_r is None else 1e-3)
     dataset = healing_dataset(tokenizer, texts, max_steps * batch_size, seq_len, seed)
@@ -112,7 +124,17 @@ def heal(
     if not resume:
         remove_owned(ckpt_dir, is_tool_file)
     args = _training_args(
-        ckpt_dir, alpha, temperature, max_steps, batch_size, lr, save_steps, seq_len, seed, progress
+        ckpt_dir,
+        alpha,
+        temperature,
+        max_steps,
+        batch_size,
+        lr,
+        save_steps,
+        seq_len,
+        seed,
+        progress,
+        use_cpu=device == "cpu",
     )
     metadata = BlockPruneMetadataCallback(prune_config, {**prune_report, "healing": {"running": True}})
     trainer = HealingTrainer(
@@ -177,9 +199,12 @@ def _training_args(
     seq_len: int,
     seed: int,
     progress: bool,
+    use_cpu: bool = False,
 ) -> HealingConfig:
-    """The Trainer settings of a healing run (checkpoints every ``save_steps``; 0: none)."""
+    """The Trainer settings of a healing run (checkpoints every ``save_steps``; 0: none;
+    ``use_cpu``: keep the model on the CPU, where the Trainer would move it to a GPU)."""
     return HealingConfig(
+        use_cpu=use_cpu,
         output_dir=str(ckpt_dir),
         alpha=alpha,
         temperature=temperature,
@@ -273,6 +298,7 @@ def _resolve_teacher(
     prune_report: dict[str, Any],
     teacher: str | Path | None,
     teacher_dtype: str,
+    placement: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, str]:
     """Load and check the teacher of a pruned model: ``teacher`` or the model it was pruned from."""
     if prune_config is None:
@@ -286,7 +312,7 @@ def _resolve_teacher(
             f"the unpruned model of {model_id} ({teacher_id or 'unknown'}) is not a folder here; "
             "pass it with --teacher"
         )
-    teacher_model, teacher_tokenizer = load_teacher(teacher_id, teacher_dtype)
+    teacher_model, teacher_tokenizer = load_teacher(teacher_id, teacher_dtype, **(placement or {}))
     check_teacher(student, teacher_model, tokenizer, teacher_tokenizer)
     removed = len(prune_config.removed_blocks or [])
     n_student, n_teacher = student.config.num_hidden_layers, teacher_model.config.num_hidden_layers

@@ -93,10 +93,13 @@ def _dtype(value: torch.dtype | str | None) -> torch.dtype:
     return TEACHER_DTYPES[value]
 
 
-def load_teacher(path: str | Path, dtype: torch.dtype | str | None = None) -> tuple[nn.Module, Any]:
+def load_teacher(
+    path: str | Path, dtype: torch.dtype | str | None = None, **placement: Any
+) -> tuple[nn.Module, Any]:
     """(model, tokenizer) of the unpruned teacher folder, the model in ``dtype`` (default float32),
-    in eval mode without gradients."""
-    teacher, tokenizer, _ = load_model_and_tokenizer(path, dtype=_dtype(dtype))
+    in eval mode without gradients; ``placement`` (``device``, ``device_map``, ...) goes to
+    :func:`~optimum_blockprune.model.loading.load_model_and_tokenizer`."""
+    teacher, tokenizer, _ = load_model_and_tokenizer(path, dtype=_dtype(dtype), **placement)
     return teacher.eval().requires_grad_(False), tokenizer
 
 

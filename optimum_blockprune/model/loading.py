@@ -9,10 +9,56 @@ from typing import Any
 import torch
 from torch import nn
 
-from optimum_blockprune.errors import BlockPruneError
+from optimum_blockprune.errors import BlockPruneError, SettingError
 from optimum_blockprune.model.pruned_format import load_pruned
 
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+#: The weights' dtypes a user may ask for by name.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def check_device(device: str, setting: str = "device") -> str:
+    """``device`` as torch spells it (``cuda`` -> ``cuda:0``); a one-line error naming ``setting``
+    when it is not a device or not available on this machine."""
+    try:
+        where = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise SettingError(setting, f"unknown {{name}} {device!r}; use cpu, cuda, cuda:N or mps") from None
+    if where.type == "cpu":
+        return "cpu"
+    backend = getattr(torch, where.type, None)
+    if where.type == "mps":
+        backend = getattr(torch.backends, "mps", None)
+    if backend is None or not backend.is_available():
+        raise SettingError(setting, f"{{name}} {device}: this machine has no {where.type} device; use cpu")
+    if where.type == "cuda":
+        index = 0 if where.index is None else where.index
+        if index >= torch.cuda.device_count():
+            raise SettingError(
+                setting, f"{{name}} {device}: this machine has {torch.cuda.device_count()} CUDA devices"
+            )
+        return f"cuda:{index}"
+    return str(where)
+
+
+def on_gpu(device: str | None, device_map: str | dict | None) -> bool:
+    """Whether the weights go (at least partly) to a CUDA GPU."""
+    if device is not None:
+        return device.startswith("cuda")
+    if device_map in ("auto", "balanced", "balanced_low_0", "sequential"):
+        return torch.cuda.is_available()
+    wanted = device_map.values() if isinstance(device_map, dict) else [device_map]
+    return any(isinstance(d, int) or str(d).startswith("cuda") for d in wanted if d is not None)
+
+
+def resolve_dtype(name: str, gpu: bool) -> torch.dtype:
+    """The weights' dtype of ``--dtype NAME``: ``auto`` is bfloat16 on a CUDA GPU that supports
+    it, float32 elsewhere."""
+    if name == "auto":
+        return torch.bfloat16 if gpu and torch.cuda.is_bf16_supported() else torch.float32
+    if name not in DTYPES:
+        raise SettingError("dtype", f"unknown {{name}} {name!r}; use auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
 
 
 def _first_line(exc: BaseException) -> str:
@@ -25,13 +71,15 @@ def load_model_and_tokenizer(
     *,
     tokenizer: Any = None,
     dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = None,
     device_map: str | dict | None = None,
     max_memory: dict | None = None,
     offload_folder: str | Path | None = None,
     revision: str | None = None,
 ) -> tuple[nn.Module, Any, str]:
     """(model, tokenizer, model_id). ``None`` or ``"demo"`` means the bundled demo model;
-    ``revision`` picks a Hub id's branch, tag or commit.
+    ``revision`` picks a Hub id's branch, tag or commit. ``device`` (``cpu``, ``cuda:1``, ...)
+    puts the whole model on one device; it excludes ``device_map``.
 
     ``device_map`` (``"auto"``, ``"cuda:1"``, a module-to-device dict, ...), ``max_memory`` and
     ``offload_folder`` (for layers mapped to ``"disk"``) go to ``from_pretrained``; they split a
@@ -56,6 +104,11 @@ def load_model_and_tokenizer(
         raise BlockPruneError(f"model folder not found: {source}; give a folder with config.json and weights")
     if path.exists() and not (path / "config.json").is_file():
         raise BlockPruneError(f"{source} has no config.json; give a folder saved with save_pretrained")
+    if device is not None:
+        if device_map is not None:
+            raise BlockPruneError("give a device or a device map, not both (--device or --device-map)")
+        where = check_device(str(device))
+        device_map = None if where == "cpu" else {"": where}
     placement = _placement(device_map, max_memory, offload_folder)
     hub = {} if revision is None or path.exists() else {"revision": revision}
     try:
