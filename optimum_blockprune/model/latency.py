@@ -4,8 +4,8 @@ Blocks fall into cost classes (same kind, same parameter count: every layer of a
 is one class; hybrids and MoE models have several). For each class, a deep copy of the model loses
 an evenly spread sample of the class's blocks (``adapter.remove_blocks``); the time it saves,
 divided by the blocks removed, is each block's cost. Dense and pruned copies are timed in turns
-(warm-up runs first, then the median of several repetitions), so a change of machine load hits
-both. What no block accounts for (embeddings, final norm, head) is ``rest = dense - Σ blocks``.
+(warm-up runs first, then the median of the paired differences of several repetitions), so a
+change of machine load hits both. What no block accounts for (embeddings, final norm, head) is ``rest = dense - Σ blocks``.
 
 Phases: ``prefill`` times one forward pass of ``batch x context`` tokens; ``decode`` times one new
 token per step of ``batch`` sequences whose KV cache already holds ``context`` tokens.
@@ -17,7 +17,7 @@ import copy
 import math
 import statistics
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -109,8 +109,8 @@ def spread(members: Sequence[Block], k: int) -> list[Block]:
 def time_model(
     model: nn.Module, phase: str, batch: int, context: int, steps: int = 8, seed: int = 0
 ) -> float:
-    """Seconds of one ``prefill`` forward (``batch x context`` tokens), or per ``decode`` step of
-    ``batch`` sequences after a ``context``-token prefill (mean over ``steps`` steps)."""
+    """Seconds of one ``prefill`` forward (``batch x context`` tokens), or of one ``decode`` step
+    of ``batch`` sequences after a ``context``-token prefill: the mean over ``steps`` of them."""
     device = next(model.parameters()).device
     vocab = min(int(getattr(model.config, "vocab_size", _MAX_TOKEN) or _MAX_TOKEN), _MAX_TOKEN)
     generator = torch.Generator().manual_seed(seed)
@@ -118,9 +118,10 @@ def time_model(
     if phase == "prefill":
         _sync(device)
         t0 = time.perf_counter()
-        model(input_ids=ids[:, :context], use_cache=False)
+        for _ in range(steps):
+            model(input_ids=ids[:, :context], use_cache=False)
         _sync(device)
-        return time.perf_counter() - t0
+        return (time.perf_counter() - t0) / steps
     cache = model(input_ids=ids[:, :context], use_cache=True).cache
     _sync(device)
     t0 = time.perf_counter()
@@ -130,6 +131,21 @@ def time_model(
         ).cache
     _sync(device)
     return (time.perf_counter() - t0) / steps
+
+
+def _saving(
+    timed: Callable[[nn.Module], float], model: nn.Module, pruned: nn.Module, repeats: int, tries: int = 3
+) -> tuple[list[float], float]:
+    """``(dense times, seconds saved)``: ``model`` and ``pruned`` timed in turns, the saving the
+    median of the paired differences; while it is not positive (noise), up to ``tries`` rounds."""
+    with_, differences = [], []
+    for _ in range(tries):
+        for _ in range(repeats):
+            with_.append(timed(model))
+            differences.append(with_[-1] - timed(pruned))
+        if statistics.median(differences) > 0:
+            break
+    return with_, statistics.median(differences)
 
 
 def _sync(device: torch.device) -> None:
@@ -151,7 +167,8 @@ def measure_costs(
 ) -> CostTable:
     """The :class:`CostTable` of ``blocks`` (at any granularity) on the model's device: per cost
     class, a copy without an even sample of half the class (at least one block) is timed against
-    the dense model in turns; each block costs the median time saved / blocks removed."""
+    the dense model in turns; each block costs the median time saved / blocks removed. A class
+    whose removal saves no time (noise swamps it) is timed again, then refused."""
     if phase not in PHASES:
         raise BlockPruneError(f"unknown latency phase {phase!r}; choose {' or '.join(PHASES)}")
     if batch < 1 or context < 1:
@@ -173,15 +190,16 @@ def measure_costs(
         adapter.remove_blocks(pruned, [b.name for b in sample])
         for _ in range(warmup):
             timed(pruned)
-        with_, without = [], []
-        for _ in range(repeats):
-            with_.append(timed(model))
-            without.append(timed(pruned))
+        with_, saved = _saving(timed, model, pruned, repeats)
         del pruned
+        if saved <= 0:
+            raise BlockPruneError(
+                f"timing failed: removing {len(sample)} {kind} blocks saved no time in {len(with_)} "
+                f"{phase} runs (dense {statistics.median(with_):.3g} s); the device is too busy or the "
+                "work too small to time: raise the latency batch or context, or time on a quiet device"
+            )
         dense_times += with_
-        saved = statistics.median(with_) - statistics.median(without)
-        # a block always costs something: timing noise must not make removal look free or harmful
-        each = max(saved / len(sample), 1e-4 * statistics.median(with_) / len(blocks))
+        each = saved / len(sample)
         costs.update({b.name: each for b in members})
         classes.append(
             {
