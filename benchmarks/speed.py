@@ -41,6 +41,18 @@ FIXED = {
     + [f"layers.{i}.attn" for i in (5, 7, 9, 11)]
     + [f"layers.{i}.mlp" for i in (20, 22)],
 }
+#: Settings left out: (the real measurement, ``--quick``). Quick: one thread, as a busy shared
+#: machine makes a second thread wait on the first.
+DEFAULTS = {
+    "phases": ("prefill,decode", "decode"),
+    "speedups": ("1.2,1.3,1.5", "1.3"),
+    "context": (128, 64),
+    "repeats": (7, 5),
+    "energy": ("recentred", "additive"),
+    "num_samples": (8, 4),
+    "seq_len": (128, 64),
+    "threads": (None, 1),
+}
 
 
 def main() -> None:
@@ -49,25 +61,32 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="a small run (decode, 1.3x, short timings)")
     parser.add_argument("--modes", default="fixed,target")
-    parser.add_argument("--phases", default=",".join(PHASES))
-    parser.add_argument("--speedups", default="1.2,1.3,1.5")
+    parser.add_argument("--phases", default=None, help="default: prefill,decode (--quick: decode)")
+    parser.add_argument("--speedups", default=None, help="default: 1.2,1.3,1.5 (--quick: 1.3)")
     parser.add_argument("--granularity", default="layer", help="granularity of the target selections")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--context", type=int, default=128, help="prefill tokens / decode KV-cache tokens")
-    parser.add_argument("--repeats", type=int, default=7, help="paired timings per measurement")
+    parser.add_argument(
+        "--context", type=int, default=None, help="prefill / KV-cache tokens (128; --quick: 64)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="paired timings per measurement (7; --quick: 5)"
+    )
     parser.add_argument("--steps", type=int, default=8, help="forwards averaged in one timing")
-    parser.add_argument("--energy", default="recentred")
-    parser.add_argument("--num-samples", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument(
+        "--energy", default=None, help="energy of the target selections (recentred; --quick: additive)"
+    )
+    parser.add_argument("--num-samples", type=int, default=None, help="calibration samples (8; --quick: 4)")
+    parser.add_argument(
+        "--seq-len", type=int, default=None, help="calibration tokens per sample (128; --quick: 64)"
+    )
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's; --quick: 1)"
     )
     parser.add_argument("--out", default="benchmarks/results/speed.json")
     args = parser.parse_args()
-    if args.quick:
-        args.phases, args.speedups, args.context = "decode", "1.3", 64
-        args.repeats, args.steps, args.energy, args.num_samples, args.seq_len = 5, 8, "additive", 4, 64
-        args.threads = args.threads or 1  # a busy shared machine: one thread does not wait on others
+    for name, values in DEFAULTS.items():  # (full run, --quick) where the flag is not given
+        if getattr(args, name) is None:
+            setattr(args, name, values[args.quick])
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

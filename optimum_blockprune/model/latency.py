@@ -148,6 +148,23 @@ def _saving(
     return with_, statistics.median(differences)
 
 
+def _estimate_unmeasured(classes: list[dict[str, Any]], phase: str, dense: float) -> None:
+    """Cost the classes whose saving was not positive at the measured classes' seconds per
+    parameter; a one-line error when no class saved measurable time."""
+    measured = [c for c in classes if not c["estimated"]]
+    if not measured:
+        raise BlockPruneError(
+            f"timing failed: removing blocks saved no measurable time in {phase} runs (dense "
+            f"{dense:.3g} s); the device is too busy or the work too small to time: raise the "
+            "latency batch or context, or time on a quiet device"
+        )
+    params = sum(c["num_params"] * len(c["removed"]) for c in measured)
+    rate = sum(c["seconds_saved"] for c in measured) / max(params, 1)
+    for entry in classes:
+        if entry["estimated"]:
+            entry["seconds_per_block"] = max(rate * entry["num_params"], 1e-9)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda" and torch.cuda.is_available():
         torch.cuda.synchronize(device)
@@ -168,7 +185,8 @@ def measure_costs(
     """The :class:`CostTable` of ``blocks`` (at any granularity) on the model's device: per cost
     class, a copy without an even sample of half the class (at least one block) is timed against
     the dense model in turns; each block costs the median time saved / blocks removed. A class
-    whose removal saves no time (noise swamps it) is timed again, then refused."""
+    whose removal saves no measurable time (blocks too small for the noise) is timed again, then
+    costed by its parameters at the measured classes' seconds per parameter (``estimated``)."""
     if phase not in PHASES:
         raise BlockPruneError(f"unknown latency phase {phase!r}; choose {' or '.join(PHASES)}")
     if batch < 1 or context < 1:
@@ -182,7 +200,6 @@ def measure_costs(
     for _ in range(warmup):
         timed(model)
     dense_times: list[float] = []
-    costs: dict[str, float] = {}
     classes = []
     for (kind, num_params), members in cost_classes(blocks).items():
         sample = spread(members, max(1, len(members) // 2))
@@ -192,15 +209,7 @@ def measure_costs(
             timed(pruned)
         with_, saved = _saving(timed, model, pruned, repeats)
         del pruned
-        if saved <= 0:
-            raise BlockPruneError(
-                f"timing failed: removing {len(sample)} {kind} blocks saved no time in {len(with_)} "
-                f"{phase} runs (dense {statistics.median(with_):.3g} s); the device is too busy or the "
-                "work too small to time: raise the latency batch or context, or time on a quiet device"
-            )
         dense_times += with_
-        each = saved / len(sample)
-        costs.update({b.name: each for b in members})
         classes.append(
             {
                 "kind": kind,
@@ -208,9 +217,14 @@ def measure_costs(
                 "blocks": len(members),
                 "removed": [b.name for b in sample],
                 "seconds_saved": saved,
-                "seconds_per_block": each,
+                "seconds_per_block": saved / len(sample),
+                "estimated": saved <= 0,
             }
         )
+    _estimate_unmeasured(classes, phase, statistics.median(dense_times))
+    costs = {}
+    for entry, members in zip(classes, cost_classes(blocks).values(), strict=True):
+        costs.update({b.name: entry["seconds_per_block"] for b in members})
     model.train(was_training)
     parameter = next(model.parameters())
     device = parameter.device

@@ -242,6 +242,12 @@ def latency_budget(
     when no allowed removal reaches the budget."""
     names = [b.name for b in blocks]
     allowed = config.allowed_seconds(table.dense)
+    if allowed >= table.dense:  # only a latency target can be this loose; a speedup is above 1
+        raise SettingError(
+            "target_latency",
+            f"{{name}} {config.target_latency:g} s is met by the dense model already "
+            f"({table.dense:.4g} s, {table.phase}); ask for less time or give a target speedup",
+        )
     reach = _reach(table, blocks, remove, set(protect))
     if table.dense - reach > allowed * (1 + 1e-9):
         setting = "target_latency" if config.target_latency == allowed else "target_speedup"

@@ -15,7 +15,7 @@ from optimum_blockprune.blocks import Block
 from optimum_blockprune.config import BlockPruneConfig
 from optimum_blockprune.energy.model import EnergyModel
 from optimum_blockprune.errors import BlockPruneError, SettingError
-from optimum_blockprune.model.latency import CostTable, measure_costs
+from optimum_blockprune.model.latency import CostTable, _estimate_unmeasured, measure_costs
 from optimum_blockprune.model.registry import get_adapter
 from optimum_blockprune.selection.energy import latency_budget, round_targets, weighted
 from optimum_blockprune.solvers import solution_names, solve
@@ -48,7 +48,7 @@ def test_cost_table_of_real_surgery(model_type, classes):
     model = tiny_model("llama", 4) if model_type == "llama" else tiny_arch_model(model_type)
     adapter = get_adapter(model, None)
     blocks = adapter.blocks(model, "mixed")
-    table = measure_costs(model, adapter, blocks, "prefill", 2, 12, repeats=2, warmup=1)
+    table = measure_costs(model, adapter, blocks, "prefill", 2, 12, repeats=5, warmup=1)
     assert list(table.costs) == [b.name for b in blocks]
     assert all(c > 0 for c in table.costs.values())
     assert len(table.classes) == classes  # a hybrid MoE model has more cost classes than a plain one
@@ -63,9 +63,20 @@ def test_cost_table_of_real_surgery(model_type, classes):
 def test_decode_table_of_a_layer_model():
     model = tiny_model("llama", 4)
     adapter = get_adapter(model, None)
-    table = measure_costs(model, adapter, adapter.blocks(model, "layer"), "decode", 1, 8, repeats=2)
+    table = measure_costs(model, adapter, adapter.blocks(model, "layer"), "decode", 1, 8)
     assert len(set(table.costs.values())) == 1 and table.classes[0]["removed"] == ["layers.1", "layers.3"]
     assert table.predicted(NAMES[:2]) == pytest.approx(table.dense - 2 * table.costs["layers.0"])
+
+
+def test_a_class_too_small_to_time_is_costed_by_its_parameters():
+    classes = [
+        {"num_params": 100, "removed": ["layers.1", "layers.3"], "seconds_saved": 0.4, "estimated": False},
+        {"num_params": 10, "removed": ["layers.1.mlp"], "seconds_saved": -0.01, "estimated": True},
+    ]
+    _estimate_unmeasured(classes, "decode", 1.0)
+    assert classes[1]["seconds_per_block"] == pytest.approx(0.02)  # 0.4 s / 200 params x 10 params
+    with pytest.raises(BlockPruneError, match="saved no measurable time"):
+        _estimate_unmeasured(classes[1:], "decode", 1.0)
 
 
 @pytest.mark.parametrize("solver", ["exhaustive", "bnb", "tabu", "sa"])
@@ -104,6 +115,8 @@ def test_unreachable_budget_names_the_largest_speedup():
         latency_budget(_table(), BlockPruneConfig(remove=2, target_speedup=1.6), BLOCKS, 2, ())
     with pytest.raises(SettingError, match="target_latency 0.1 is out of reach"):
         latency_budget(_table(), BlockPruneConfig(target_latency=0.1), BLOCKS, None, ())
+    with pytest.raises(SettingError, match="met by the dense model already"):
+        latency_budget(_table(), BlockPruneConfig(target_latency=2.0), BLOCKS, None, ())
 
 
 @pytest.mark.parametrize(
