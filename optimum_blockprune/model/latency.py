@@ -229,7 +229,7 @@ def measure_costs(
     parameter = next(model.parameters())
     device = parameter.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return CostTable(
+    table = CostTable(
         phase=phase,
         batch=batch,
         context=context,
@@ -241,3 +241,17 @@ def measure_costs(
         costs={b.name: costs[b.name] for b in blocks},
         classes=classes,
     )
+    return _within_dense(table)
+
+
+def _within_dense(table: CostTable) -> CostTable:
+    """The table with its block costs scaled down where noise made them add up to more than the
+    dense time (a negative ``rest``), so that no removal is predicted to take no time at all."""
+    if table.rest >= 0:
+        return table
+    scale = table.dense / (table.dense - table.rest)
+    table.costs = {n: c * scale for n, c in table.costs.items()}
+    for entry in table.classes:
+        entry["seconds_per_block"] *= scale
+        entry["scaled_by"] = scale
+    return table

@@ -15,7 +15,7 @@ from optimum_blockprune.blocks import Block
 from optimum_blockprune.config import BlockPruneConfig
 from optimum_blockprune.energy.model import EnergyModel
 from optimum_blockprune.errors import BlockPruneError, SettingError
-from optimum_blockprune.model.latency import CostTable, _estimate_unmeasured, measure_costs
+from optimum_blockprune.model.latency import CostTable, _estimate_unmeasured, _within_dense, measure_costs
 from optimum_blockprune.model.registry import get_adapter
 from optimum_blockprune.selection.energy import latency_budget, round_targets, weighted
 from optimum_blockprune.solvers import solution_names, solve
@@ -77,6 +77,12 @@ def test_a_class_too_small_to_time_is_costed_by_its_parameters():
     assert classes[1]["seconds_per_block"] == pytest.approx(0.02)  # 0.4 s / 200 params x 10 params
     with pytest.raises(BlockPruneError, match="saved no measurable time"):
         _estimate_unmeasured(classes[1:], "decode", 1.0)
+
+
+def test_costs_that_outgrow_the_dense_time_are_scaled_into_it():
+    table = _within_dense(_table(dense=0.7))  # the blocks add up to 1.05 s: noise
+    assert table.rest == pytest.approx(0) and table.costs["layers.0"] == pytest.approx(0.2)
+    assert _within_dense(_table()).costs["layers.0"] == 0.30
 
 
 @pytest.mark.parametrize("solver", ["exhaustive", "bnb", "tabu", "sa"])
