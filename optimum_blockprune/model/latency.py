@@ -78,8 +78,9 @@ class CostTable:
         return self.dense / max(self.predicted(removed), 1e-12)
 
     def units(self, names: Sequence[str]) -> list[int]:
-        """Each block's cost in whole units of ``dense / UNITS`` (at least 1)."""
-        return [max(1, round(self.costs[n] / self.dense * UNITS)) for n in names]
+        """Each block's cost in whole units of ``dense / UNITS``, rounded down (at least 1): blocks
+        that reach :meth:`units_to_save` in units save at least as much in seconds."""
+        return [max(1, math.floor(self.costs[n] / self.dense * UNITS)) for n in names]
 
     def units_to_save(self, allowed: float) -> int:
         """Units the removed blocks must hold at least so that the pruned time is ``<= allowed``."""
