@@ -20,6 +20,10 @@ ENERGY_VARIANTS = ("recentred", "secant", "fisher", "taylor", "additive")
 DEFAULT_ENERGY = ENERGY_VARIANTS[0]
 #: The default selection method (see :mod:`optimum_blockprune.selection`).
 DEFAULT_METHOD = "energy"
+#: Settings that say how much to remove (at least one is needed).
+AMOUNTS = ("remove", "ratio", "target_params", "param_ratio", "target_speedup", "target_latency")
+#: What a latency budget times: one token per step with a KV cache, or one whole forward pass.
+LATENCY_PHASES = ("decode", "prefill")
 
 
 class BlockPruneConfig(BaseConfig):
@@ -28,7 +32,11 @@ class BlockPruneConfig(BaseConfig):
     Say how much to remove with a block count (``remove``: a number, or counts per kind such as
     ``{"attn": 2, "mlp": 3}``; or ``ratio``: a fraction of the blocks) and/or a parameter budget
     (``target_params``: parameters the pruned model may keep at most; or ``param_ratio``: the
-    fraction of the model's parameters to remove). ``removed_blocks`` is filled in by
+    fraction of the model's parameters to remove) or a latency budget (``target_speedup``: the
+    pruned model at most ``1 / target_speedup`` of the dense time; ``target_latency``: at most so
+    many seconds per forward (``prefill``) or per token (``decode``), in the ``latency_phase`` at
+    ``latency_batch`` sequences of ``latency_context`` tokens, default ``seq_len``; the blocks are
+    timed on the model's device). ``removed_blocks`` is filled in by
     :meth:`BlockPruner.prune` with the chosen block names. ``method`` chooses the blocks:
     ``energy`` (this project's method, default) or any other registered method, such as the
     peers' baselines (they need a block count, not a parameter budget). An unknown setting is a
@@ -42,6 +50,11 @@ class BlockPruneConfig(BaseConfig):
     ratio: float | None = None
     target_params: int | None = None
     param_ratio: float | None = None
+    target_speedup: float | None = None
+    target_latency: float | None = None
+    latency_phase: str = "decode"
+    latency_batch: int = 1
+    latency_context: int | None = None
     granularity: str = "layer"
     method: str = DEFAULT_METHOD
     energy: str = DEFAULT_ENERGY
@@ -77,11 +90,13 @@ class BlockPruneConfig(BaseConfig):
             )
         if self.target_params is not None and self.param_ratio is not None:
             raise SettingError("param_ratio", "give target_params or {name} (a parameter budget), not both")
-        if all(getattr(self, k) is None for k in ("remove", "ratio", "target_params", "param_ratio")):
+        if all(getattr(self, k) is None for k in AMOUNTS):
             raise BlockPruneError(
-                "say how much to remove: remove (blocks, or counts per kind), ratio, target_params or param_ratio"
+                "say how much to remove: remove (blocks, or counts per kind), ratio, target_params, "
+                "param_ratio, target_speedup or target_latency"
             )
         self._validate_amounts()
+        self._validate_latency()
         self._validate_choices()
         for name in ("top_k", "num_samples", "batch_size"):
             value = getattr(self, name)
@@ -125,6 +140,50 @@ class BlockPruneConfig(BaseConfig):
                 f"{{name}} must be a positive number of parameters, got {self.target_params!r}",
             )
 
+    @property
+    def latency_budget(self) -> bool:
+        """Whether a latency budget (``target_speedup`` / ``target_latency``) is set."""
+        return self.target_speedup is not None or self.target_latency is not None
+
+    def _validate_latency(self) -> None:
+        """The latency budget and the phase, batch and context it is timed at."""
+        if self.latency_budget and (self.target_params is not None or self.param_ratio is not None):
+            setting = "target_speedup" if self.target_speedup is not None else "target_latency"
+            raise SettingError(setting, "give a parameter budget or a latency budget ({name}), not both")
+        if self.target_speedup is not None and not _number(self.target_speedup) > 1:
+            raise SettingError(
+                "target_speedup",
+                f"{{name}} must be a number above 1 (1.5: 1.5x faster), got {self.target_speedup!r}",
+            )
+        if self.target_latency is not None and not _number(self.target_latency) > 0:
+            raise SettingError(
+                "target_latency",
+                f"{{name}} must be a positive number of seconds, got {self.target_latency!r}",
+            )
+        if self.latency_phase not in LATENCY_PHASES:
+            raise SettingError(
+                "latency_phase",
+                f"{{name}} must be one of {', '.join(LATENCY_PHASES)}, got {self.latency_phase!r}",
+            )
+        for name in ("latency_batch", "latency_context"):
+            value = getattr(self, name)
+            if (value is not None or name == "latency_batch") and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 1
+            ):
+                raise SettingError(name, "{name} must be a whole number >= 1, got " + repr(value))
+
+    def latency_settings(self) -> dict:
+        """``phase``, ``batch`` and ``context`` (default: ``seq_len``) the cost table is timed at."""
+        context = self.seq_len if self.latency_context is None else self.latency_context
+        return {"phase": self.latency_phase, "batch": self.latency_batch, "context": context}
+
+    def allowed_seconds(self, dense: float) -> float:
+        """The most seconds the pruned model may take, given the dense model's ``dense``."""
+        allowed = dense / float(self.target_speedup) if self.target_speedup is not None else dense
+        if self.target_latency is not None:
+            allowed = min(allowed, float(self.target_latency))
+        return allowed
+
     def _validate_choices(self) -> None:
         """Settings chosen from a list: granularity, method, energy."""
         if self.granularity not in GRANULARITIES:
@@ -140,10 +199,19 @@ class BlockPruneConfig(BaseConfig):
             )
 
     def removal_target(
-        self, blocks: Sequence[Block], model_params: int
+        self, blocks: Sequence[Block], model_params: int, timed: bool = False
     ) -> tuple[int | dict | None, int | None]:
         """``(remove, min_params)`` for :func:`build_problem`: the block count (or counts per kind)
-        and the parameters the removed blocks must hold at least, checked against the model."""
+        and the parameters the removed blocks must hold at least, checked against the model. A
+        latency budget needs the model's blocks timed: only a caller that times them (``timed``)
+        may ask; it turns the budget into cost units itself."""
+        if self.latency_budget and not timed:
+            setting = "target_speedup" if self.target_speedup is not None else "target_latency"
+            raise SettingError(
+                setting,
+                "{name} is a latency budget that only 'prune' with method energy meets (it times the "
+                "model's blocks); give a block count (remove or ratio) here",
+            )
         remove: int | dict | None = self.remove
         if self.ratio is not None:
             remove = round(float(self.ratio) * len(blocks))
@@ -162,6 +230,13 @@ class BlockPruneConfig(BaseConfig):
                 )
             min_params = model_params - self.target_params
         return remove, min_params
+
+
+def _number(value: object) -> float:
+    """``value`` as a float; NaN (never above any bound) for what is not a number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return math.nan
+    return float(value)
 
 
 @cache

@@ -248,6 +248,13 @@ def check_settings(config: BlockPruneConfig, blocks: Sequence[Block] | None = No
             f"method {config.method!r} works at {{name}} {' or '.join(method.granularities)}, "
             f"not {config.granularity!r}; pass {{name}} {method.granularities[0]} or choose another method",
         )
+    if config.latency_budget and not method.budget:
+        setting = "target_speedup" if config.target_speedup is not None else "target_latency"
+        raise SettingError(
+            setting,
+            f"method {config.method!r} takes a block count (--remove or --ratio), not a latency budget; "
+            "use --method energy for {name}",
+        )
     _check_kinds(config)
     check_calibration(config.calibration)
     for setting in ("protect", "force"):  # spelling first: it needs no model

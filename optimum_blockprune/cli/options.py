@@ -119,6 +119,7 @@ def add_target_args(parser: ArgumentParser, granularity: bool = True) -> None:
     budget.add_argument(
         "--param-ratio", type=float, default=None, help="fraction of the model's parameters to remove"
     )
+    add_latency_args(group)
     if granularity:
         add_granularity_arg(group)
     group.add_argument(
@@ -129,6 +130,39 @@ def add_target_args(parser: ArgumentParser, granularity: bool = True) -> None:
     group.add_argument("--list-solvers", action="store_true", help="list registered solvers and exit")
     group.add_argument(
         "--top-k", type=int, default=10, help="candidates to rerank by real loss (default: 10)"
+    )
+
+
+def add_latency_args(group) -> None:
+    """The latency budget: a speedup and/or seconds, in the phase, batch and context it is timed at."""
+    from optimum_blockprune.config import LATENCY_PHASES
+
+    group.add_argument(
+        "--target-speedup",
+        type=float,
+        default=None,
+        help="latency budget: the pruned model at least this much faster, e.g. 1.5 (blocks timed on the device)",
+    )
+    group.add_argument(
+        "--target-latency",
+        type=float,
+        default=None,
+        help="latency budget: seconds per forward (prefill) or per token (decode) the pruned model may take",
+    )
+    group.add_argument(
+        "--latency-phase",
+        default=LATENCY_PHASES[0],
+        choices=LATENCY_PHASES,
+        help="what the latency budget times: one token with a KV cache (decode, default) or one forward pass",
+    )
+    group.add_argument(
+        "--latency-batch", type=int, default=1, help="sequences per timed forward pass (default: 1)"
+    )
+    group.add_argument(
+        "--latency-context",
+        type=int,
+        default=None,
+        help="tokens of context (decode) or per sequence (prefill) when timing (default: --seq-len)",
     )
 
 
@@ -146,17 +180,23 @@ def add_method_args(parser: ArgumentParser) -> None:
 
 
 def target_settings(args: Namespace) -> dict:
-    from optimum_blockprune.config import parse_params, parse_remove
+    from optimum_blockprune.config import AMOUNTS, parse_params, parse_remove
 
-    if all(getattr(args, k) is None for k in ("remove", "ratio", "target_params", "param_ratio")):
+    if all(getattr(args, k) is None for k in AMOUNTS):
         raise BlockPruneError(
-            "say how much to remove: --remove N (or attn=2,mlp=3), --ratio R, --target-params P or --param-ratio R"
+            "say how much to remove: --remove N (or attn=2,mlp=3), --ratio R, --target-params P, "
+            "--param-ratio R, --target-speedup S or --target-latency SECONDS"
         )
     return {
         "remove": None if args.remove is None else parse_remove(args.remove),
         "ratio": args.ratio,
         "target_params": None if args.target_params is None else parse_params(args.target_params),
         "param_ratio": args.param_ratio,
+        "target_speedup": args.target_speedup,
+        "target_latency": args.target_latency,
+        "latency_phase": args.latency_phase,
+        "latency_batch": args.latency_batch,
+        "latency_context": args.latency_context,
         "granularity": getattr(args, "granularity", "layer"),
     }
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -15,11 +16,15 @@ from optimum_blockprune.blocks import Block, positions
 from optimum_blockprune.energy.distributed import Processes
 from optimum_blockprune.energy.model import EnergyModel, penalise_overlaps
 from optimum_blockprune.energy.variants import GRADIENT_VARIANTS, analyze
-from optimum_blockprune.errors import BlockPruneError
+from optimum_blockprune.errors import BlockPruneError, SettingError
+from optimum_blockprune.model.latency import CostTable, measure_costs
 from optimum_blockprune.selection.registry import ENERGY_METHOD, Method, Request, Selection
 from optimum_blockprune.selection.rerank import rerank
 from optimum_blockprune.selection.rules import Rules
 from optimum_blockprune.solvers import solution_names, solve
+
+if TYPE_CHECKING:
+    from optimum_blockprune.config import BlockPruneConfig
 
 #: Blocks added per re-centring round of the ``recentred`` energy.
 RECENTRE_STEP = 2
@@ -65,15 +70,21 @@ def select_energy(request: Request) -> Selection:
     t_start = time.perf_counter()
     config, blocks = request.config, request.blocks
     names = [b.name for b in blocks]
-    remove, min_params = config.removal_target(blocks, request.model_params)
+    remove, min_params = config.removal_target(blocks, request.model_params, timed=True)
     rules = Rules(request.model, request.adapter, blocks, config.protect or (), config.force or ())
+    table, weights = None, None
+    if config.latency_budget:  # timed first, on the plain model (before any scorer hook)
+        table = measure_costs(request.model, request.adapter, blocks, **config.latency_settings())
+        weights, min_params = latency_budget(table, config, blocks, remove, rules.protect_names)
     scorer = request.loss_scorer()
     work_before = scorer.forward_equivalents
     dense_loss = scorer.loss()
     chosen, pool = list(rules.force_names), None
     rounds: list[dict[str, Any]] = []
     energies: list[EnergyModel] = []
-    targets = round_targets(remove, min_params, [blocks[i] for i in rules.force], blocks, config.energy)
+    targets = round_targets(
+        remove, min_params, [blocks[i] for i in rules.force], blocks, config.energy, weights
+    )
     if request.energy is not None:  # a saved analysis: one round on it
         targets = targets[-1:]
     bar = tqdm(total=len(targets), desc="selection", unit="round", disable=not request.progress)
@@ -85,7 +96,9 @@ def select_energy(request: Request) -> Selection:
         energies.append(energy)
         taken = {*chosen, *exclude, *rules.protect_names}
         pool = cheapest_per_kind(energy, blocks, [i for i, n in enumerate(names) if n not in taken])
-        samples, keep = _solve_round(request, rules, energy, (target, target_params), chosen, exclude, last)
+        samples, keep = _solve_round(
+            request, rules, weighted(energy, weights), (target, target_params), chosen, exclude, last
+        )
         # a time-limited solver may end differently in each process: all rerank the main one's
         samples, keep = Processes.current().broadcast((samples, keep))
         candidates = [c for c, k in zip(solution_names(samples), keep, strict=True) if k]
@@ -106,6 +119,10 @@ def select_energy(request: Request) -> Selection:
     cost["forward_passes"] = cost["forward_equivalents"]
     cost["seconds"] = round(time.perf_counter() - t_start, 3)
     removed = sorted(chosen, key=names.index)
+    if table is not None:
+        cost["latency"] = latency_record(table, config, removed)
+        for record in rounds:  # the knapsack's weights were cost units, not parameters
+            record["min_latency_units"] = record.pop("min_params")
     return Selection(removed, dense_loss, pruned_loss, rounds, cost, energies, ENERGY_METHOD, SUMMARY)
 
 
@@ -168,9 +185,11 @@ def round_targets(
     forced: list[Block],
     blocks: list[Block],
     variant: str,
+    weights: Sequence[int] | None = None,
 ) -> list[tuple[int | dict | None, int | None]]:
     """``(remove, min_params)`` of each round: one round, or for ``recentred`` rounds that each add
-    about RECENTRE_STEP blocks, every constraint scaled by the fraction of rounds done."""
+    about RECENTRE_STEP blocks, every constraint scaled by the fraction of rounds done. ``weights``:
+    the budget's weight of each block when it is not the parameter count (latency cost units)."""
     already = len(forced)
     if isinstance(remove, int) and remove <= already:
         raise BlockPruneError(f"{already} forced blocks already reach the requested {remove}; raise --remove")
@@ -181,7 +200,8 @@ def round_targets(
     elif isinstance(remove, dict):
         total = sum(remove.values())
     else:  # a budget only: estimate the count from the average block
-        total = math.ceil(min_params / max(np.mean([b.num_params for b in blocks]), 1))
+        weights = [b.num_params for b in blocks] if weights is None else weights
+        total = math.ceil(min_params / max(np.mean(weights), 1))
     rounds = max(1, math.ceil((total - already) / RECENTRE_STEP))
     out = []
     for r in range(1, rounds + 1):
@@ -195,6 +215,89 @@ def round_targets(
             step = None
         out.append((step, None if min_params is None else math.ceil(min_params * r / rounds)))
     return out
+
+
+def weighted(energy: EnergyModel, weights: Sequence[int] | None) -> EnergyModel:
+    """``energy`` with the budget's weights in place of its parameter counts (``None``: itself),
+    so that every solver's ``min_params`` knapsack constraint becomes the latency budget."""
+    if weights is None:
+        return energy
+    return EnergyModel(
+        block_names=energy.block_names,
+        fields=energy.fields,
+        couplings=energy.couplings,
+        num_params=weights,
+        variant=energy.variant,
+        sources=energy.sources,
+        metadata=energy.metadata,
+    )
+
+
+def latency_budget(
+    table: CostTable,
+    config: BlockPruneConfig,
+    blocks: list[Block],
+    remove: int | dict | None,
+    protect: Sequence[str],
+) -> tuple[list[int], int]:
+    """``(weights, min_units)``: each block's cost in whole units of the table and the units the
+    removed blocks must hold at least; a one-line error naming the largest speedup possible
+    when no allowed removal reaches the budget."""
+    names = [b.name for b in blocks]
+    allowed = config.allowed_seconds(table.dense)
+    if allowed >= table.dense:  # only a latency target can be this loose; a speedup is above 1
+        raise SettingError(
+            "target_latency",
+            f"{{name}} {config.target_latency:g} s is met by the dense model already "
+            f"({table.dense:.4g} s, {table.phase}); ask for less time or give a target speedup",
+        )
+    reach = _reach(table, blocks, remove, set(protect))
+    if table.dense - reach > allowed * (1 + 1e-9):
+        setting = "target_latency" if config.target_latency == allowed else "target_speedup"
+        value = getattr(config, setting)
+        raise SettingError(
+            setting,
+            f"{{name}} {value:g} is out of reach: the timed blocks ({table.phase}, batch {table.batch}, "
+            f"context {table.context}, dense {table.dense:.4g} s) allow at most a "
+            f"{table.dense / (table.dense - reach):.2f}x speedup ({table.dense - reach:.4g} s)"
+            + ("; remove more blocks or ask for less" if remove is not None else "; ask for less"),
+        )
+    return table.units(names), max(1, table.units_to_save(allowed))
+
+
+def _reach(table: CostTable, blocks: list[Block], remove: int | dict | None, protect: set[str]) -> float:
+    """The most seconds an allowed removal can save: the costliest free blocks when counts are
+    fixed; otherwise every free layer (a whole layer or its branches, never both) but the
+    cheapest, since a model keeps at least one block."""
+    free = [b for b in blocks if b.name not in protect]
+    cost = table.costs
+    if isinstance(remove, int):
+        return sum(sorted((cost[b.name] for b in free), reverse=True)[:remove])
+    if isinstance(remove, dict):
+        return sum(
+            sum(sorted((cost[b.name] for b in free if b.kind == k), reverse=True)[:n])
+            for k, n in remove.items()
+        )
+    per_layer: dict[int, dict[str, float]] = {}
+    for b in free:
+        per_layer.setdefault(b.layer, {})[b.kind] = cost[b.name]
+    saved = [
+        max(c.get("layer", 0.0), sum(v for k, v in c.items() if k != "layer")) for c in per_layer.values()
+    ]
+    every_layer = len(per_layer) == len({b.layer for b in blocks})
+    return sum(saved) - (min(saved) if saved and every_layer else 0.0)
+
+
+def latency_record(table: CostTable, config: BlockPruneConfig, removed: list[str]) -> dict[str, Any]:
+    """What the report records of a latency budget: the cost table, the budget, the prediction."""
+    return {
+        **table.to_dict(),
+        "target_speedup": config.target_speedup,
+        "target_latency": config.target_latency,
+        "allowed_seconds": config.allowed_seconds(table.dense),
+        "predicted_seconds": table.predicted(removed),
+        "predicted_speedup": table.speedup(removed),
+    }
 
 
 def cheapest_per_kind(
