@@ -271,7 +271,9 @@ def _check_objective(config: BlockPruneConfig) -> None:
             f"{config.energy!r} (of cross-entropy); pass --energy recentred or {{name}} ce",
         )
     if config.generations is not None and config.method != "evopress":
-        raise SettingError("generations", "{name} is the budget of --method evopress; drop it or use that method")
+        raise SettingError(
+            "generations", "{name} is the budget of --method evopress; drop it or use that method"
+        )
 
 
 def _check_kinds(config: BlockPruneConfig) -> None:

@@ -17,7 +17,9 @@ Scaled from the paper to this project's calibration sets: the paper draws 2,048 
 default 32 samples x 128 tokens: 2 and 8 samples, 256 and 1,024 tokens; at least one sample),
 since 1/64 of a few thousand tokens is less than one sample. λ = 32, survivors 2 then 1, at most
 3 swaps and 64 initial candidates are the paper's; the default generations its script's
-``k (n - k) / 1.5`` for k removed of n blocks.
+``k (n - k) / 1.5`` for k removed of n blocks. The paper's sublayer search removes as many
+attention as MLP branches and swaps within a kind: here that is a request with counts per kind
+(``attn=k,mlp=k``); a plain count lets a swap trade one kind for another.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from optimum_blockprune.blocks import Block
+from optimum_blockprune.errors import BlockPruneError
 from optimum_blockprune.selection.rules import Rules
 
 #: Offspring per generation (λ), initial random candidates, the most swaps in one mutation.
@@ -179,12 +182,19 @@ class EvoPress:
     def initial(self) -> tuple[Config, float]:
         """The fittest of up to ``INITIAL`` distinct random configurations."""
         seen: list[Config] = []
+        error: BlockPruneError | None = None
         for _ in range(ATTEMPTS * INITIAL):
             if len(seen) == INITIAL:
                 break
-            config = self.random_configuration()
+            try:  # a random order can reach a dead end (the rules refuse every next block)
+                config = self.random_configuration()
+            except BlockPruneError as exc:
+                error = exc
+                continue
             if config not in seen:
                 seen.append(config)
+        if not seen:
+            raise error or BlockPruneError("no valid configuration to start from; ask for fewer blocks")
         best, scores = self.select(seen, 1, self.initial_share)
         return best[0], scores[0]
 
