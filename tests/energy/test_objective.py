@@ -115,3 +115,14 @@ def test_the_default_energy_method_minimises_kl(tiny_model_dir, text_file):
     kl = LossScorer(pruner.model, pruner.adapter, pruner.calibration(config), 2, objective="kl")
     assert losses == pytest.approx([kl.loss(c["removed"]) for c in candidates], rel=1e-5, abs=1e-7)
     assert selection.pruned_loss == pytest.approx(min(losses), rel=1e-5)
+
+
+def test_analyze_measures_the_energy_on_kl(tiny_model_dir, text_file):
+    pruner = BlockPruner.from_pretrained(tiny_model_dir)
+    config = BlockPruneConfig(
+        remove=1, objective="kl", energy="additive", calibration=str(text_file), num_samples=4, seq_len=16
+    )
+    energy = pruner.analyze(config)
+    kl = LossScorer(pruner.model, pruner.adapter, pruner.calibration(config), 8, objective="kl")
+    expected = [kl.loss([b.name]) for b in pruner.blocks("layer")]  # the dense KL is 0
+    np.testing.assert_allclose(energy.fields, expected, rtol=1e-4, atol=1e-6)
