@@ -49,6 +49,7 @@ ORDER = (
     "energy",
     "sleb",
     "blockpruner",
+    "evopress",
 )
 
 
@@ -91,6 +92,9 @@ def main() -> None:
     parser.add_argument("--heldout-seq-len", type=int, default=128)
     parser.add_argument("--random", type=int, default=100, help="random configurations per M (Spearman)")
     parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument(
+        "--evopress-generations", type=int, default=None, help="evopress budget (default: k(n-k)/1.5)"
+    )
     parser.add_argument("--no-spearman", action="store_true")
     parser.add_argument("--out", default="benchmarks/results/methods.json")
     parser.add_argument("--table", default=None, help="only print the tables of an earlier JSON result")
@@ -141,6 +145,14 @@ def main() -> None:
         flush=True,
     )
     scorer = LossScorer(pruner.model, pruner.adapter, data, BATCH)
+    kl_scorers: list[LossScorer] = []  # evopress's fitness, as in its paper: KL to the dense model
+
+    def method_scorer(method: str) -> LossScorer:
+        if method != "evopress":
+            return scorer
+        if not kl_scorers:
+            kl_scorers.append(LossScorer(pruner.model, pruner.adapter, data, BATCH, objective="kl"))
+        return kl_scorers[0]
 
     def save() -> None:
         results["seconds"] = round(time.perf_counter() - t_start, 1)
@@ -187,7 +199,14 @@ def main() -> None:
             else:
                 for m in budgets[granularity]:
                     choice = select_baseline(
-                        method, pruner.model, pruner.adapter, data, m, granularity=granularity, scorer=scorer
+                        method,
+                        pruner.model,
+                        pruner.adapter,
+                        data,
+                        m,
+                        granularity=granularity,
+                        scorer=method_scorer(method),
+                        generations=args.evopress_generations,
                     )
                     record(method, granularity, choice.removed, choice.cost.as_dict())
             save()

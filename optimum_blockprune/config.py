@@ -18,6 +18,9 @@ from optimum_blockprune.hookspecs import collect
 #: Energy variants (see :mod:`optimum_blockprune.energy.variants`); the first is the default.
 ENERGY_VARIANTS = ("recentred", "secant", "fisher", "taylor", "additive")
 DEFAULT_ENERGY = ENERGY_VARIANTS[0]
+#: Real-loss objectives (see :mod:`optimum_blockprune.energy.scoring`): next-token cross-entropy
+#: or KL divergence from the dense model's next-token distribution; the first is the default.
+OBJECTIVES = ("ce", "kl")
 #: The default selection method (see :mod:`optimum_blockprune.selection`).
 DEFAULT_METHOD = "energy"
 #: Settings that say how much to remove (at least one is needed).
@@ -39,8 +42,10 @@ class BlockPruneConfig(BaseConfig):
     timed on the model's device). ``removed_blocks`` is filled in by
     :meth:`BlockPruner.prune` with the chosen block names. ``method`` chooses the blocks:
     ``energy`` (this project's method, default) or any other registered method, such as the
-    peers' baselines (they need a block count, not a parameter budget). An unknown setting is a
-    one-line error naming the closest valid one.
+    peers' baselines (they need a block count, not a parameter budget). ``objective`` is the real
+    loss that loss-based methods minimise: ``ce`` (cross-entropy, default) or ``kl`` (KL divergence
+    from the dense model). ``generations``: the budget of ``evopress`` (None: its default). An
+    unknown setting is a one-line error naming the closest valid one.
     """
 
     CONFIG_NAME = "blockprune_config.json"
@@ -58,6 +63,7 @@ class BlockPruneConfig(BaseConfig):
     granularity: str = "layer"
     method: str = DEFAULT_METHOD
     energy: str = DEFAULT_ENERGY
+    objective: str = OBJECTIVES[0]
     solver: str = "auto"
     top_k: int = 10
     protect: list | None = None
@@ -70,6 +76,7 @@ class BlockPruneConfig(BaseConfig):
     chat_template: bool = False
     pack: bool = True
     seed: int = 0
+    generations: int | None = None
     removed_blocks: list | None = None
 
     def __post_init__(self, **kwargs) -> None:
@@ -98,8 +105,10 @@ class BlockPruneConfig(BaseConfig):
         self._validate_amounts()
         self._validate_latency()
         self._validate_choices()
-        for name in ("top_k", "num_samples", "batch_size"):
+        for name in ("top_k", "num_samples", "batch_size", "generations"):
             value = getattr(self, name)
+            if name == "generations" and value is None:
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SettingError(name, "{name} must be a whole number >= 1, got " + repr(value))
         if not isinstance(self.seq_len, int) or self.seq_len < 2:
@@ -185,7 +194,7 @@ class BlockPruneConfig(BaseConfig):
         return allowed
 
     def _validate_choices(self) -> None:
-        """Settings chosen from a list: granularity, method, energy."""
+        """Settings chosen from a list: granularity, method, energy, objective."""
         if self.granularity not in GRANULARITIES:
             raise SettingError(
                 "granularity", f"{{name}} must be one of {', '.join(GRANULARITIES)}, got {self.granularity!r}"
@@ -196,6 +205,10 @@ class BlockPruneConfig(BaseConfig):
         if self.energy not in ENERGY_VARIANTS:
             raise SettingError(
                 "energy", f"{{name}} must be one of {', '.join(ENERGY_VARIANTS)}, got {self.energy!r}"
+            )
+        if self.objective not in OBJECTIVES:
+            raise SettingError(
+                "objective", f"{{name}} must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}"
             )
 
     def removal_target(

@@ -256,6 +256,7 @@ def check_settings(config: BlockPruneConfig, blocks: Sequence[Block] | None = No
             "use --method energy for {name}",
         )
     _check_kinds(config)
+    _check_objective(config)
     check_calibration(config.calibration)
     for setting in ("protect", "force"):  # spelling first: it needs no model
         granularity_of(getattr(config, setting) or [], setting)
@@ -263,6 +264,23 @@ def check_settings(config: BlockPruneConfig, blocks: Sequence[Block] | None = No
         _check_counts(config, blocks)
         for setting in ("protect", "force"):
             check_blocks(getattr(config, setting) or [], blocks, setting)
+
+
+def _check_objective(config: BlockPruneConfig) -> None:
+    """``kl`` needs a loss-measured energy (the gradient ones differentiate cross-entropy), and
+    only ``evopress`` takes a generation budget."""
+    from optimum_blockprune.energy.variants import GRADIENT_VARIANTS
+
+    if config.objective != "ce" and config.method == "energy" and config.energy in GRADIENT_VARIANTS:
+        raise SettingError(
+            "objective",
+            f"{{name}} {config.objective} needs an energy measured on real loss, not the gradient energy "
+            f"{config.energy!r} (of cross-entropy); pass --energy recentred or {{name}} ce",
+        )
+    if config.generations is not None and config.method != "evopress":
+        raise SettingError(
+            "generations", "{name} is the budget of --method evopress; drop it or use that method"
+        )
 
 
 def _check_kinds(config: BlockPruneConfig) -> None:

@@ -168,6 +168,7 @@ class BlockPruner:
             checkpoint=checkpoint,
             resume=resume,
             gradient_checkpointing=gradient_checkpointing,
+            objective=config.objective,
         )
         energy.metadata.update(meta)
         return energy
@@ -287,6 +288,7 @@ class BlockPruner:
             self.calibration(config),
             config.batch_size,
             cache_device=getattr(self, "cache_device", None),
+            objective=config.objective,
         )
         dense, pruned = scorer.loss(), scorer.loss(names)
         cost = {"forward_passes": round(scorer.forward_equivalents, 2), "backward_passes": 0}

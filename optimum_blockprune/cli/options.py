@@ -10,7 +10,7 @@ from typing import Any
 
 from optimum.commands.base import BaseOptimumCLICommand
 
-from optimum_blockprune.config import DEFAULT_METHOD, ENERGY_VARIANTS
+from optimum_blockprune.config import DEFAULT_METHOD, ENERGY_VARIANTS, OBJECTIVES
 from optimum_blockprune.errors import BlockPruneError, SettingError
 
 
@@ -88,6 +88,13 @@ def add_calibration_args(parser: ArgumentParser) -> None:
         default=ENERGY_VARIANTS[0],
         choices=ENERGY_VARIANTS,
         help=f"energy variant (default: {ENERGY_VARIANTS[0]})",
+    )
+    group.add_argument(
+        "--objective",
+        default=OBJECTIVES[0],
+        choices=OBJECTIVES,
+        help="real loss that loss-based selection minimises: next-token cross-entropy (ce, default) "
+        "or KL divergence from the dense model's next-token distribution (kl, over its top-128 tokens)",
     )
 
 
@@ -172,11 +179,19 @@ def add_method_args(parser: ArgumentParser) -> None:
         "--method",
         default=DEFAULT_METHOD,
         help="how blocks are chosen: 'energy' (this project's method, default), a peer baseline "
-        "(shortgpt, shortgpt-iterative, angular, last, sleb, blockpruner, taylor, random; they take "
+        "(shortgpt, shortgpt-iterative, angular, last, sleb, blockpruner, taylor, random, evopress; they take "
         "--remove / --ratio, not a parameter budget) or a plugin's method; see --list-methods",
     )
     group.add_argument("--list-methods", action="store_true", help="list registered methods and exit")
-    group.add_argument("--seed", type=int, default=0, help="seed of --method random (default: 0)")
+    group.add_argument(
+        "--seed", type=int, default=0, help="seed of --method random and evopress (default: 0)"
+    )
+    group.add_argument(
+        "--generations",
+        type=int,
+        default=None,
+        help="generations of --method evopress (default: its paper's k(n-k)/1.5 for k of n blocks)",
+    )
 
 
 def target_settings(args: Namespace) -> dict:
@@ -368,6 +383,7 @@ def name_list(text: str) -> list[str]:
 def calibration_settings(args: Namespace) -> dict:
     return {
         "energy": args.energy,
+        "objective": args.objective,
         "calibration": args.calibration,
         "text_field": args.text_field,
         "num_samples": args.num_samples,
@@ -385,6 +401,7 @@ def config_from_args(args: Namespace):
         **target_settings(args),
         method=getattr(args, "method", "energy"),
         seed=getattr(args, "seed", 0),
+        generations=getattr(args, "generations", None),
         solver=args.solver,
         top_k=args.top_k,
         protect=name_list(args.protect) or None,

@@ -121,11 +121,13 @@ def analyze(
     checkpoint: str | Path | None = None,
     resume: bool = True,
     gradient_checkpointing: bool = False,
+    objective: str = "ce",
 ) -> EnergyModel:
     """The energy model of ``variant`` at the configuration that removes ``base`` (positions).
 
     Gradient variants measure gate gradients (rows checkpointed to ``checkpoint``); loss variants
-    measure real removals with ``scorer``, never re-measuring the blocks in ``exclude``. Both
+    measure real removals with ``scorer`` (default: a new one of ``objective``), never
+    re-measuring the blocks in ``exclude``. Both
     share the calibration samples among ``accelerate launch`` processes; every process gets the
     whole energy."""
     if variant in GRADIENT_VARIANTS:
@@ -144,6 +146,6 @@ def analyze(
         energy = gradient_energy(variant, A, blocks, base)
         energy.sources["losses"] = losses
         return energy
-    scorer = scorer or LossScorer(model, adapter, data, batch_size)
+    scorer = scorer or LossScorer(model, adapter, data, batch_size, objective=objective)
     progress = progress and scorer.processes.is_main
     return loss_energy(variant, scorer, blocks, base, exclude, progress)

@@ -32,6 +32,7 @@ from optimum_blockprune.errors import BlockPruneError
 from optimum_blockprune.model.adapters.base import Adapter
 from optimum_blockprune.model.gates import Gates, removal_gates
 from optimum_blockprune.model.hooks import layer_input
+from optimum_blockprune.selection.evopress import EvoPress, default_generations
 from optimum_blockprune.selection.registry import Method, Request, Selection
 from optimum_blockprune.selection.rules import Rules
 
@@ -289,6 +290,7 @@ class BaselineRequest:
     progress: bool = False
     scorer: Any = None  # a LossScorer to reuse (its dense pass and memo), or None
     cache_device: str | torch.device | None = None  # where a new LossScorer caches layer inputs
+    generations: int | None = None  # evopress's budget (None: its default)
 
     def loss_scorer(self) -> Any:
         from optimum_blockprune.energy.scoring import LossScorer
@@ -339,6 +341,8 @@ class Baseline:
     selector: Selector
     granularities: tuple[str, ...]
     help: str
+    #: Its steps are a search's trajectory (fitness vs forward passes), kept in the report's cost.
+    trajectory: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,6 +439,40 @@ def _blockpruner(request: BaselineRequest, cost: Cost) -> tuple[list[int], None,
     return _greedy_loss(request, cost, "blockpruner")
 
 
+def _evopress(request: BaselineRequest, cost: Cost) -> tuple[list[int], None, list]:
+    """EvoPress on the scorer's objective (see :mod:`.evopress`); each offspring is scored from its
+    first difference with the parent, whose layer inputs the scorer caches (that recomputation
+    counted too)."""
+    quota, blocks, scorer = request.quota, request.blocks, request.loss_scorer()
+    work_before, rebased = scorer.forward_equivalents, [0.0]
+
+    def names(config: tuple[int, ...]) -> list[str]:
+        return [blocks[k].name for k in config]
+
+    def rebase(parent: tuple[int, ...]) -> None:
+        new = scorer.normalise(names(parent))
+        changed = new.symmetric_difference(scorer.base)
+        if changed:
+            start = min(i for i, _ in changed)
+            kept = sum(1 for j in range(start, scorer.n_layers) if (j, "layer") not in new)
+            rebased[0] += kept / scorer.n_layers
+        scorer.set_base(names(parent))
+
+    def work() -> float:  # + 1: the dense pass that records every layer's input
+        return scorer.forward_equivalents - work_before + rebased[0] + 1.0
+
+    def fitness(config: tuple[int, ...], rows: np.ndarray) -> float:
+        return float(scorer.configuration_losses(names(config), rows).mean())
+
+    search = EvoPress(quota, fitness, scorer.n_samples, request.seed, work, rebase)
+    generations = request.generations or default_generations(len(blocks), quota.total)
+    with tqdm(total=generations, desc="evopress", disable=not request.progress) as bar:
+        chosen = search.run(generations, names, step=lambda: bar.update(1))
+    scorer.set_base([])
+    cost.forward_passes = work()
+    return list(chosen), None, search.trajectory.points
+
+
 def _taylor(request: BaselineRequest, cost: Cost) -> tuple[list[int], list[float], list]:
     from optimum_blockprune.energy.gradients import gate_gradients
 
@@ -475,6 +513,13 @@ BASELINES: dict[str, Baseline] = {
         ),
         Baseline("taylor", _taylor, ALL, "first-order gate score -dL/dg (one backward pass)"),
         Baseline("random", _random, ALL, "a random valid configuration (seeded)"),
+        Baseline(
+            "evopress",
+            _evopress,
+            ALL,
+            "EvoPress: (1+32) evolutionary search, swap mutations, multi-fidelity selection on real loss",
+            trajectory=True,
+        ),
     )
 }
 
@@ -494,9 +539,11 @@ def select_baseline(
     progress: bool = False,
     scorer: Any = None,
     cache_device: str | torch.device | None = None,
+    generations: int | None = None,
 ) -> MethodSelection:
     """Choose blocks with a peer method; ``remove`` is a count or counts per kind; ``cache_device``:
-    where a new loss scorer keeps its cached layer inputs (default: the model's device)."""
+    where a new loss scorer keeps its cached layer inputs (default: the model's device);
+    ``generations``: evopress's budget (default: its paper's)."""
     if method not in BASELINES:
         raise BlockPruneError(f"unknown method {method!r}; choose one of {', '.join(BASELINES)}")
     spec = BASELINES[method]
@@ -508,7 +555,18 @@ def select_baseline(
     blocks = adapter.blocks(model, granularity)
     quota = Quota(Rules(model, adapter, blocks, protect, force), remove)
     request = BaselineRequest(
-        model, adapter, data, blocks, quota, granularity, batch_size, seed, progress, scorer, cache_device
+        model,
+        adapter,
+        data,
+        blocks,
+        quota,
+        granularity,
+        batch_size,
+        seed,
+        progress,
+        scorer,
+        cache_device,
+        generations,
     )
     cost, t0 = Cost(), time.perf_counter()
     chosen, scores, steps = spec.selector(request, cost)
@@ -540,10 +598,13 @@ def _select(name: str, request: Request) -> Selection:
         seed=config.seed,
         progress=request.progress,
         scorer=scorer,
+        generations=config.generations,
     )
     scorer.set_base([])
     dense_loss, pruned_loss = scorer.loss(), scorer.loss(choice.removed)
-    cost = {**choice.cost.as_dict(), "calibration_tokens": data.num_tokens}
+    cost: dict[str, Any] = {**choice.cost.as_dict(), "calibration_tokens": data.num_tokens}
+    if BASELINES[name].trajectory:
+        cost["trajectory"] = choice.steps
     names = [b.name for b in request.blocks]
     removed = sorted(choice.removed, key=names.index)
     summary = f"the {name} baseline ({BASELINES[name].help})"

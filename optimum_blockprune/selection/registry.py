@@ -34,8 +34,8 @@ ENERGY_METHOD = "energy"
 class Request:
     """Everything a method may use: the model and its adapter, the blocks at the configured
     granularity, the run's configuration, the calibration data (loaded on first use) and a loss
-    scorer shared with the caller (built on first use, its cached layer inputs on
-    ``cache_device``: default the model's)."""
+    scorer shared with the caller (built on first use for ``config.objective``, its cached layer
+    inputs on ``cache_device``: default the model's)."""
 
     model: nn.Module
     adapter: Adapter
@@ -57,7 +57,12 @@ class Request:
     def loss_scorer(self) -> LossScorer:
         if self.scorer is None:
             self.scorer = LossScorer(
-                self.model, self.adapter, self.data(), self.config.batch_size, cache_device=self.cache_device
+                self.model,
+                self.adapter,
+                self.data(),
+                self.config.batch_size,
+                cache_device=self.cache_device,
+                objective=self.config.objective,
             )
         return self.scorer
 

@@ -38,6 +38,9 @@ SHARD_LOSSES = textwrap.dedent(
     dense, pruned = scorer.losses(), scorer.losses(["layers.2", "layers.4.mlp"])
     processes = Processes.current()
     np.save(f"{out}/rank{processes.rank}.npy", np.stack([dense, pruned]))
+    kl = LossScorer(pruner.model, pruner.adapter, pruner.calibration(config), 2, objective="kl")
+    part = kl.losses(["layers.3"], samples=[4, 1, 2])  # samples of both shares, one batch cut
+    np.save(f"{out}/kl{processes.rank}.npy", np.concatenate([part, kl.losses(["layers.3"])]))
     model, adapter, data = pruner.model, pruner.adapter, scorer.data
     similarity = similarity_scores(model, adapter, data, pruner.blocks("mixed"), 2)
     np.save(f"{out}/similarity{processes.rank}.npy", similarity)
@@ -68,8 +71,8 @@ def test_contiguous_shares_in_rank_order_are_the_samples_in_order(world):
 
 def test_gathered_losses_are_every_sample_in_order(tmp_path, tiny_model_dir, text_file):
     """5 samples in batches of 2 over 2 processes (shares of 2 and 3): both processes get the
-    one-process per-sample losses, sample by sample, and the similarity baselines' scores and
-    residual states."""
+    one-process per-sample losses (cross-entropy, and KL on a subset of the samples and on all),
+    sample by sample, and the similarity baselines' scores and residual states."""
     (tmp_path / "shard_losses.py").write_text(SHARD_LOSSES)
     proc = launched(
         accelerate_cli(str(tiny_model_dir), str(text_file), str(tmp_path), module="shard_losses"), tmp_path
@@ -82,6 +85,12 @@ def test_gathered_losses_are_every_sample_in_order(tmp_path, tiny_model_dir, tex
     assert np.ptp(reference[0]) > 1e-3  # the samples differ, so an order mix-up would show
     for rank in (0, 1):
         np.testing.assert_allclose(np.load(tmp_path / f"rank{rank}.npy"), reference, rtol=0, atol=1e-6)
+    kl = LossScorer(pruner.model, pruner.adapter, pruner.calibration(config), 2, objective="kl")
+    full = kl.losses(["layers.3"])
+    for rank in (0, 1):  # the KL objective and a subset of the samples, gathered in sample order
+        np.testing.assert_allclose(
+            np.load(tmp_path / f"kl{rank}.npy"), np.concatenate([full[[1, 2, 4]], full]), rtol=0, atol=1e-6
+        )
     # the work counts the whole calibration set once, as in one process
     assert f"work {scorer.forward_equivalents}" in proc.stdout
     blocks = pruner.blocks("mixed")
