@@ -181,7 +181,7 @@ class Phases:
         yield
         if cuda:
             torch.cuda.synchronize()
-        self.seconds[name] = round(time.perf_counter() - t0, 3)
+        self.seconds[name] = round(time.perf_counter() - t0, 5)
         if cuda:
             self.peak_gib[name] = round(torch.cuda.max_memory_allocated() / GIB, 2)
         else:  # the process's peak so far (ru_maxrss is KiB on Linux)
