@@ -3,7 +3,8 @@
 Random-weight models of SmolLM2's shapes (135M, 360M, 1.7B; built from configs written here,
 float32 on CPU) each choose layers with the default method (``energy``: ``recentred`` energy,
 top-10 rerank) from random calibration tokens, then lose them (surgery; the folder is not saved).
-Every measurement runs in its own process, so its peak RSS is its own. Four sweeps:
+Every measurement runs in its own process (one torch thread unless ``--threads``), so its peak
+RSS is its own. Four sweeps:
 
 * ``size``: the three shapes at one setting (the biggest at fewer tokens);
 * ``tokens``: 135M at 8, 16 and 32 samples x 128 tokens;
@@ -16,7 +17,7 @@ head; T: calibration tokens; F: forward-pass equivalents), F = c0 + cN * layers 
 and memory = weights + the cache of every layer's input (layers * T * hidden * bytes) + one
 batch's work, and extrapolates (marked as such) to Llama-3.1-8B and Llama-3.1-70B on a GPU.
 
-    python benchmarks/scaling.py           # the real measurement, about 12 minutes on 2 idle cores
+    python benchmarks/scaling.py           # the real measurement, about 15 minutes on an idle core
     python benchmarks/scaling.py --quick   # tiny shapes, seconds (what the tests run)
 """
 
@@ -87,14 +88,16 @@ TARGETS: dict[str, dict[str, Any]] = {
 CALIBRATIONS = ((32, 128), (128, 2048))
 
 
-def run(sweep: str, shape: dict[str, Any], samples: int, seq_len: int, remove: int) -> dict[str, Any]:
+def run(
+    sweep: str, shape: dict[str, Any], samples: int, seq_len: int, remove: int, threads: int
+) -> dict[str, Any]:
     """One measurement in a fresh process: what :func:`worker` reports, with the settings."""
     spec = dict(sweep=sweep, shape=shape, samples=samples, seq_len=seq_len, remove=remove)
     proc = subprocess.run(
         [sys.executable, __file__, "--worker", json.dumps(spec)],
         capture_output=True,
         text=True,
-        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(threads)},
     )
     if proc.returncode:
         sys.exit(f"scaling.py: a measurement failed:\n{proc.stderr[-3000:]}")
@@ -120,6 +123,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     sys.path.insert(0, str(HERE))
     from gpu import TokenPruner  # calibration from token tensors
 
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     torch.manual_seed(0)
     shape = dict(spec["shape"])
     config = AutoConfig.for_model(shape.pop("model_type"), **shape)
@@ -324,6 +328,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--gpu-tflops", type=float, default=400.0, help="assumed GPU throughput for the extrapolation"
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per measurement (default: 1; on a shared machine more threads wait on each other)",
+    )
     parser.add_argument("--out", default=None, help="JSON path (default: results/scaling[-quick].json)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -338,7 +348,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     rows = []
     for sweep, shape, samples, seq_len, remove in plan(args.quick):
-        rows.append(run(sweep, shape, samples, seq_len, remove))
+        rows.append(run(sweep, shape, samples, seq_len, remove, args.threads))
         r = rows[-1]
         print(
             f"{sweep:<7} h{shape['hidden_size']} L{shape['num_hidden_layers']} {samples}x{seq_len} M={remove}: "
