@@ -6,16 +6,17 @@ top-10 rerank) from random calibration tokens, then lose them (surgery; the fold
 Every measurement runs in its own process (one torch thread unless ``--threads``), so its peak
 RSS is its own. Four sweeps:
 
-* ``size``: the three shapes at one setting (the biggest at fewer tokens);
-* ``tokens``: 135M at 8, 16 and 32 samples x 128 tokens;
-* ``remove``: 135M removing 2, 4, 6 and 8 layers;
+* ``size``: 135M and 360M at 4 x 64 tokens removing 8 layers, 1.7B at 2 x 64 removing 4;
+* ``tokens``: 135M at 2, 4 and 8 samples x 64 tokens, removing 4;
+* ``remove``: 135M at 4 x 64 tokens removing 2 and 6 (4 and 8 are in the sweeps above);
 * ``depth``: a narrow shape (hidden 64) at 16 to 80 layers: how the work in forward-pass
   equivalents grows with the number of layers (it does not depend on the width).
 
-Then fits selection seconds = a * P * T * F (P: parameters a forward multiplies by, decoder and
-head; T: calibration tokens; F: forward-pass equivalents), F = c0 + cN * layers + cM * removed,
-and memory = weights + the cache of every layer's input (layers * T * hidden * bytes) + one
-batch's work, and extrapolates (marked as such) to Llama-3.1-8B and Llama-3.1-70B on a GPU.
+Then fits calibrate + select seconds = a * T * (P_decoder * F + P_head * E) (T: calibration
+tokens; F: forward-pass equivalents of decoder work; E: passes through the LM head, one per
+scored configuration), F and E = c0 + cN * layers + cM * removed, and memory = weights + the
+cache of every layer's input (layers * T * hidden * bytes) + one batch's work, and extrapolates
+(marked as such) to Llama-3.1-8B and Llama-3.1-70B on a GPU.
 
     python benchmarks/scaling.py           # the real measurement, about 15 minutes on an idle core
     python benchmarks/scaling.py --quick   # tiny shapes, seconds (what the tests run)
