@@ -327,6 +327,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.scale == "full" and not cuda:
         sys.exit("gpu.py: no CUDA device here; run the CPU check with --scale small")
     device = torch.device("cuda" if cuda else "cpu")
+    if not cuda:  # tiny matrices: threads gain nothing, and on a shared machine they wait on each other
+        torch.set_num_threads(1)
     losses_on_host()
     scale = SCALES[args.scale]
     default_name = "gpu.json" if cuda and args.scale == "full" else f"gpu-{device.type}-{args.scale}.json"

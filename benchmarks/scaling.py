@@ -18,7 +18,7 @@ scored configuration), F and E = c0 + cN * layers + cM * removed, and memory = w
 cache of every layer's input (layers * T * hidden * bytes) + one batch's work, and extrapolates
 (marked as such) to Llama-3.1-8B and Llama-3.1-70B on a GPU.
 
-    python benchmarks/scaling.py           # the real measurement, about 15 minutes on an idle core
+    python benchmarks/scaling.py           # the real measurement, about 10 minutes on one core
     python benchmarks/scaling.py --quick   # tiny shapes, seconds (what the tests run)
 """
 
