@@ -185,10 +185,13 @@ class BlockPruner:
         progress: bool = False,
         scorer: LossScorer | None = None,
         energy: EnergyModel | None = None,
+        calibration: CalibrationData | None = None,
     ) -> Selection:
         """Choose the blocks to remove with the registered method ``config.method`` (default:
-        ``energy``; see :mod:`optimum_blockprune.selection`). Under ``accelerate launch`` every
-        process runs it on its share of the calibration samples and gets the same selection."""
+        ``energy``; see :mod:`optimum_blockprune.selection`). ``calibration``: token batches to
+        use instead of ``config``'s calibration text (e.g. random tokens, no tokenizer needed).
+        Under ``accelerate launch`` every process runs it on its share of the calibration samples
+        and gets the same selection."""
         method = get_method(config.method)
         t0 = time.perf_counter()
         blocks = self.blocks(config.granularity)
@@ -197,13 +200,13 @@ class BlockPruner:
             self.adapter,
             blocks,
             config,
-            lambda: self.calibration(config),
+            (lambda: calibration) if calibration is not None else (lambda: self.calibration(config)),
             count_params(self.model),
             self.model_id,
             scorer,
             progress and Processes.current().is_main,
             energy,
-            getattr(self, "cache_device", None),
+            cache_device=self.cache_device,
         )
         selection = method.select(request)
         # a plugin's method may leave its work uncounted: the report and the CLI read these keys
@@ -287,7 +290,7 @@ class BlockPruner:
             self.adapter,
             self.calibration(config),
             config.batch_size,
-            cache_device=getattr(self, "cache_device", None),
+            cache_device=self.cache_device,
             objective=config.objective,
         )
         dense, pruned = scorer.loss(), scorer.loss(names)

@@ -125,3 +125,21 @@ def test_bad_requests(tmp_path, tokenizer, corpus):
         pruner.select(_config(tmp_path, corpus, remove=1, protect=["layers.7"]))
     with pytest.raises(BlockPruneError):
         BlockPruneConfig(remove=0)
+
+
+def test_select_takes_token_batches_without_a_tokenizer():
+    """``select(calibration=...)``: random token batches stand in for calibration text (no tokenizer)."""
+    from optimum_blockprune.data.calibration import CalibrationData
+    from optimum_blockprune.energy.scoring import LossScorer
+    from optimum_blockprune.model.registry import get_adapter
+
+    model = tiny_model(layers=6)
+    adapter = get_adapter(model)
+    ids = torch.randint(0, model.config.vocab_size, (4, 16), generator=torch.Generator().manual_seed(0))
+    data = CalibrationData(ids, torch.ones_like(ids), {"source": "random tokens"})
+    pruner = BlockPruner(model, None, adapter, "tiny")
+    selection = pruner.select(BlockPruneConfig(remove=2, num_samples=4, seq_len=16), calibration=data)
+    scorer = LossScorer(model, adapter, data)
+    assert len(selection.removed) == 2
+    assert selection.dense_loss == pytest.approx(scorer.loss(), abs=1e-6)
+    assert selection.pruned_loss == pytest.approx(scorer.loss(selection.removed), abs=1e-6)
