@@ -143,3 +143,20 @@ def test_select_takes_token_batches_without_a_tokenizer():
     assert len(selection.removed) == 2
     assert selection.dense_loss == pytest.approx(scorer.loss(), abs=1e-6)
     assert selection.pruned_loss == pytest.approx(scorer.loss(selection.removed), abs=1e-6)
+
+
+def test_recentred_rounds_reach_targets_deeper_than_the_pool():
+    """More blocks than a round's pool of candidates (RECENTRE_POOL): later rounds refill it from the
+    blocks left out before, instead of running out of candidates."""
+    from optimum_blockprune.data.calibration import CalibrationData
+    from optimum_blockprune.model.registry import get_adapter
+    from optimum_blockprune.selection.energy import RECENTRE_POOL
+
+    layers = RECENTRE_POOL + 4
+    model = tiny_model(layers=layers)
+    ids = torch.randint(0, model.config.vocab_size, (4, 16), generator=torch.Generator().manual_seed(0))
+    data = CalibrationData(ids, torch.ones_like(ids), {"source": "random tokens"})
+    pruner = BlockPruner(model, None, get_adapter(model), "tiny")
+    config = BlockPruneConfig(remove=layers - 2, num_samples=4, seq_len=16, energy="recentred")
+    selection = pruner.select(config, calibration=data)
+    assert len(set(selection.removed)) == layers - 2

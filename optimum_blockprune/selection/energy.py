@@ -87,14 +87,19 @@ def select_energy(request: Request) -> Selection:
     )
     if request.energy is not None:  # a saved analysis: one round on it
         targets = targets[-1:]
+    final = target_count(remove, min_params, blocks, weights)
+    known: dict[str, float] = {}  # each free block's field when it was last measured
     bar = tqdm(total=len(targets), desc="selection", unit="round", disable=not request.progress)
     for r, (target, target_params) in enumerate(targets):
         t0, last = time.perf_counter(), r == len(targets) - 1
         bar.set_description(f"selection round {r + 1}/{len(targets)}")
+        if pool is not None:  # keep enough free blocks in play to reach the last round's target
+            pool = refill(pool, chosen, known, blocks, final - len(chosen) + RECENTRE_STEP)
         exclude = [n for n in names if pool is not None and n not in pool and n not in chosen]
         energy = request.energy or round_energy(request, chosen, exclude)
         energies.append(energy)
         taken = {*chosen, *exclude, *rules.protect_names}
+        known.update({n: float(energy.fields[i]) for i, n in enumerate(names) if n not in taken})
         pool = cheapest_per_kind(energy, blocks, [i for i, n in enumerate(names) if n not in taken])
         samples, keep = _solve_round(
             request, rules, weighted(energy, weights), (target, target_params), chosen, exclude, last
@@ -195,13 +200,7 @@ def round_targets(
         raise BlockPruneError(f"{already} forced blocks already reach the requested {remove}; raise --remove")
     if variant != "recentred":
         return [(remove, min_params)]
-    if isinstance(remove, int):
-        total = remove
-    elif isinstance(remove, dict):
-        total = sum(remove.values())
-    else:  # a budget only: estimate the count from the average block
-        weights = [b.num_params for b in blocks] if weights is None else weights
-        total = math.ceil(min_params / max(np.mean(weights), 1))
+    total = target_count(remove, min_params, blocks, weights)
     rounds = max(1, math.ceil((total - already) / RECENTRE_STEP))
     out = []
     for r in range(1, rounds + 1):
@@ -214,6 +213,36 @@ def round_targets(
         else:
             step = None
         out.append((step, None if min_params is None else math.ceil(min_params * r / rounds)))
+    return out
+
+
+def target_count(
+    remove: int | dict | None, min_params: int | None, blocks: list[Block], weights: Sequence[int] | None
+) -> int:
+    """Blocks the selection removes in the end: the count asked for, or for a budget only an
+    estimate from the average block's weight (parameters, or latency units with ``weights``)."""
+    if isinstance(remove, int):
+        return remove
+    if isinstance(remove, dict):
+        return sum(remove.values())
+    weights = [b.num_params for b in blocks] if weights is None else weights
+    return math.ceil((min_params or 0) / max(float(np.mean(weights)), 1.0))
+
+
+def refill(
+    pool: list[str], chosen: list[str], known: dict[str, float], blocks: list[Block], need: int
+) -> list[str]:
+    """``pool`` topped up, per kind, to ``need`` blocks not yet chosen (the rest of the blocks
+    of that kind when fewer): the blocks left out of the last rounds, cheapest by the field they
+    had when last measured. Without it the pool shrinks by the blocks each round takes and deep
+    targets (more than about RECENTRE_POOL blocks of a kind) run out of candidates."""
+    out, taken = list(pool), set(chosen)
+    for kind in dict.fromkeys(b.kind for b in blocks):
+        free = [b.name for b in blocks if b.kind == kind and b.name not in taken]
+        short = need - sum(n in free for n in out)
+        if short > 0:
+            spare = sorted((n for n in free if n not in out and n in known), key=known.__getitem__)
+            out += spare[:short]
     return out
 
 
