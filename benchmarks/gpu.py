@@ -41,9 +41,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from optimum_blockprune.config import BlockPruneConfig
 from optimum_blockprune.data.calibration import CalibrationData
-from optimum_blockprune.energy import scoring
 from optimum_blockprune.energy.scoring import LossScorer
-from optimum_blockprune.model.adapters.base import Adapter, count_params
+from optimum_blockprune.model.adapters.base import count_params
 from optimum_blockprune.model.registry import get_adapter
 from optimum_blockprune.pruner import BlockPruner
 
@@ -138,31 +137,6 @@ SCALES = {
 }
 
 
-class TokenPruner(BlockPruner):
-    """A BlockPruner whose calibration is given token tensors (random tokens need no tokenizer)."""
-
-    def __init__(self, model: torch.nn.Module, adapter: Adapter, data: CalibrationData, name: str) -> None:
-        super().__init__(model, None, adapter, name)
-        self.data = data
-
-    def calibration(self, config: BlockPruneConfig) -> CalibrationData:
-        return self.data
-
-
-def losses_on_host() -> None:
-    """``LossScorer`` converts per-sample losses with ``.numpy()``, which needs host tensors: move
-    them to the CPU first (a no-op on CPU; remove once the scorer does it itself)."""
-    if getattr(scoring.per_sample_loss, "on_host", False):
-        return
-    original = scoring.per_sample_loss
-
-    def on_host(*args: torch.Tensor) -> torch.Tensor:
-        return original(*args).cpu()
-
-    on_host.on_host = True  # type: ignore[attr-defined]
-    scoring.per_sample_loss = on_host
-
-
 class Phases:
     """Wall time and peak memory of each named phase of one model's run: ``with phases("init"):``."""
 
@@ -238,11 +212,11 @@ def run_model(name: str, scale: Scale, device: torch.device, seed: int = 0) -> d
     with phases("decode_dense"):
         dense_made, dense_tps = decode(model, prompt, scale.new_tokens)
     config = BlockPruneConfig(remove=scale.remove, num_samples=scale.num_samples, seq_len=scale.seq_len)
-    pruner = TokenPruner(model, adapter, data, name)
+    pruner = BlockPruner(model, None, adapter, name)
     with phases("calibrate"):
         scorer = LossScorer(model, adapter, data, config.batch_size)
     with phases("select"):
-        selection = pruner.select(config, scorer=scorer)
+        selection = pruner.select(config, scorer=scorer, calibration=data)
     del scorer  # its cache of every layer's input
     free(device)
     with phases("surgery"):
@@ -329,7 +303,6 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device("cuda" if cuda else "cpu")
     if not cuda:  # tiny matrices: threads gain nothing, and on a shared machine they wait on each other
         torch.set_num_threads(1)
-    losses_on_host()
     scale = SCALES[args.scale]
     default_name = "gpu.json" if cuda and args.scale == "full" else f"gpu-{device.type}-{args.scale}.json"
     out = Path(args.out or HERE / "results" / default_name)

@@ -120,9 +120,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     from optimum_blockprune.data.calibration import CalibrationData
     from optimum_blockprune.energy.scoring import LossScorer
     from optimum_blockprune.model.registry import get_adapter
-
-    sys.path.insert(0, str(HERE))
-    from gpu import TokenPruner  # calibration from token tensors
+    from optimum_blockprune.pruner import BlockPruner
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     torch.manual_seed(0)
@@ -143,14 +141,14 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     adapter = get_adapter(model)
     ids = torch.randint(0, shape["vocab_size"], (spec["samples"], spec["seq_len"]))
     data = CalibrationData(ids, torch.ones_like(ids), {"source": "random tokens"})
-    pruner = TokenPruner(model, adapter, data, "random")
+    pruner = BlockPruner(model, None, adapter, "random")
     settings = BlockPruneConfig(remove=spec["remove"], num_samples=spec["samples"], seq_len=spec["seq_len"])
     t0 = time.perf_counter()
     scorer = LossScorer(model, adapter, data, settings.batch_size)
     seconds["calibrate"] = time.perf_counter() - t0
     rss_cache = rss_mib()
     t0 = time.perf_counter()
-    selection = pruner.select(settings, scorer=scorer)
+    selection = pruner.select(settings, scorer=scorer, calibration=data)
     seconds["select"] = time.perf_counter() - t0
     del scorer
     t0 = time.perf_counter()
@@ -312,7 +310,7 @@ def print_report(results: dict[str, Any]) -> None:
         "work, F from the fit above, memory = bf16 weights + cache + one batch of 8"
     )
     print(
-        f"{'model':<15}{'calibration':>13}{'F':>7}{'GPU s':>9}{'weights':>9}{'cache':>9}{'work':>7}{'GiB':>8}"
+        f"{'model':<15}{'calibration':>13}{'F':>7}{'E':>7}{'GPU s':>9}{'weights':>9}{'cache':>9}{'work':>7}{'GiB':>8}"
     )
     for e in results["extrapolated"]:
         print(
