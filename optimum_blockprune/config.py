@@ -21,6 +21,8 @@ DEFAULT_ENERGY = ENERGY_VARIANTS[0]
 #: Real-loss objectives (see :mod:`optimum_blockprune.energy.scoring`): next-token cross-entropy
 #: or KL divergence from the dense model's next-token distribution; the first is the default.
 OBJECTIVES = ("ce", "kl")
+#: The energy method's last step: a swap search on real loss, or none.
+SEARCHES = ("swap", "none")
 #: The default selection method (see :mod:`optimum_blockprune.selection`).
 DEFAULT_METHOD = "energy"
 #: Settings that say how much to remove (at least one is needed).
@@ -44,7 +46,10 @@ class BlockPruneConfig(BaseConfig):
     ``energy`` (this project's method, default) or any other registered method, such as the
     peers' baselines (they need a block count, not a parameter budget). ``objective`` is the real
     loss that loss-based methods minimise: ``ce`` (cross-entropy, default) or ``kl`` (KL divergence
-    from the dense model). ``generations``: the budget of ``evopress`` (None: its default). An
+    from the dense model). ``generations``: the budget of ``evopress`` (None: its default).
+    ``search``: after the energy method's rerank, ``swap`` (default) improves the best candidate by
+    single swaps on real loss until none helps (a certificate of local optimality) or
+    ``search_budget`` forward passes are spent (None: no limit); ``none`` keeps it as it is. An
     unknown setting is a one-line error naming the closest valid one.
     """
 
@@ -77,6 +82,8 @@ class BlockPruneConfig(BaseConfig):
     pack: bool = True
     seed: int = 0
     generations: int | None = None
+    search: str = "swap"
+    search_budget: float | None = None
     removed_blocks: list | None = None
 
     def __post_init__(self, **kwargs) -> None:
@@ -205,6 +212,15 @@ class BlockPruneConfig(BaseConfig):
         if self.energy not in ENERGY_VARIANTS:
             raise SettingError(
                 "energy", f"{{name}} must be one of {', '.join(ENERGY_VARIANTS)}, got {self.energy!r}"
+            )
+        if self.search not in SEARCHES:
+            raise SettingError(
+                "search", f"{{name}} must be one of {', '.join(SEARCHES)}, got {self.search!r}"
+            )
+        if self.search_budget is not None and not _number(self.search_budget) > 0:
+            raise SettingError(
+                "search_budget",
+                f"{{name}} must be a positive number of forward passes, got {self.search_budget!r}",
             )
         if self.objective not in OBJECTIVES:
             raise SettingError(

@@ -281,6 +281,12 @@ def _check_objective(config: BlockPruneConfig) -> None:
         raise SettingError(
             "generations", "{name} is the budget of --method evopress; drop it or use that method"
         )
+    if config.search_budget is not None and (config.method != "energy" or config.search == "none"):
+        raise SettingError(
+            "search_budget",
+            "{name} is the budget of the energy method's swap search; drop it, or use --method energy "
+            "with --search swap",
+        )
 
 
 def _check_kinds(config: BlockPruneConfig) -> None:

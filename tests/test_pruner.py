@@ -32,7 +32,10 @@ def test_select_returns_valid_configuration_and_best_reranked(tmp_path, tokenize
     last = selection.rounds[-1]
     losses = [c["loss"] for c in last["candidates"]]
     assert last["candidates"][last["chosen"]]["loss"] == min(losses)
-    assert selection.pruned_loss == pytest.approx(min(losses))
+    search = selection.cost["search"]  # the swap search starts from the best reranked candidate
+    assert search["start_loss"] == pytest.approx(min(losses))
+    assert selection.pruned_loss == pytest.approx(search["loss"]) and search["loss"] <= min(losses)
+    assert search["certificate"]["local_optimum"]
     assert selection.cost["forward_equivalents"] > 0
 
 

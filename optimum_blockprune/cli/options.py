@@ -10,7 +10,7 @@ from typing import Any
 
 from optimum.commands.base import BaseOptimumCLICommand
 
-from optimum_blockprune.config import DEFAULT_METHOD, ENERGY_VARIANTS, OBJECTIVES
+from optimum_blockprune.config import DEFAULT_METHOD, ENERGY_VARIANTS, OBJECTIVES, SEARCHES
 from optimum_blockprune.errors import BlockPruneError, SettingError
 
 
@@ -191,6 +191,21 @@ def add_method_args(parser: ArgumentParser) -> None:
         type=int,
         default=None,
         help="generations of --method evopress (default: its paper's k(n-k)/1.5 for k of n blocks)",
+    )
+    group.add_argument(
+        "--search",
+        default=SEARCHES[0],
+        choices=SEARCHES,
+        help="after the energy method's rerank: improve the best candidate by single swaps on real "
+        "loss until none helps, a certificate of local optimality (swap, default), or keep it (none)",
+    )
+    group.add_argument(
+        "--search-budget",
+        type=float,
+        default=None,
+        metavar="PASSES",
+        help="the most forward passes (over the calibration set) the swap search may spend; it then "
+        "stops without a certificate (default: no limit)",
     )
 
 
@@ -402,6 +417,8 @@ def config_from_args(args: Namespace):
         method=getattr(args, "method", "energy"),
         seed=getattr(args, "seed", 0),
         generations=getattr(args, "generations", None),
+        search=getattr(args, "search", SEARCHES[0]),
+        search_budget=getattr(args, "search_budget", None),
         solver=args.solver,
         top_k=args.top_k,
         protect=name_list(args.protect) or None,

@@ -295,13 +295,19 @@ class LossScorer:
         return hidden
 
     @torch.no_grad()
-    def set_base(self, removed: Iterable[Unit]) -> None:
-        """Make ``removed`` the base configuration (recomputes cached inputs after its first change)."""
+    def set_base(self, removed: Iterable[Unit], count: bool = False) -> None:
+        """Make ``removed`` the base configuration (recomputes cached inputs after its first
+        change); ``count``: add that work to :attr:`forward_equivalents` (a search that moves its
+        base as it goes counts it, since the move is part of its work)."""
         new = self.normalise(removed)
         changed = new.symmetric_difference(self.base)
         if not changed:
             return
         start = min(i for i, _ in changed)
+        if count:
+            self.requested_layer_calls += sum(
+                1 for j in range(start, self.n_layers) if (j, "layer") not in new
+            )
         with Gates(self.model, self.adapter, self._branches) as gates:
             for b in range(len(self._batches)):
                 self._run(gates, b, start, new, record=True)

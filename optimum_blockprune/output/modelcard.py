@@ -138,6 +138,12 @@ def _how_chosen(run: Run) -> list[str]:
     rows.append(("calibration", cal + (f" ({tokens:,} tokens)" if isinstance(tokens, int) else "")))
     if method == "energy":
         rows += [("selection rounds", str(len(run.rounds))), ("top-K reranked", str(len(run.candidates)))]
+        certificate = ((r.get("cost") or {}).get("search") or {}).get("certificate")
+        if certificate:
+            proof = "certified local optimum" if certificate["local_optimum"] else "not certified"
+            rows.append(
+                ("swap search", f"{proof}: {certificate['settled']} of {certificate['swaps']} swaps settled")
+            )
     if c.get("protect") or c.get("force"):
         rows.append(("protected / forced", f"{c.get('protect') or '-'} / {c.get('force') or '-'}"))
     return ["", "## How they were chosen", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]

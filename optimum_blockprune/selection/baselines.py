@@ -444,22 +444,16 @@ def _evopress(request: BaselineRequest, cost: Cost) -> tuple[list[int], None, li
     first difference with the parent, whose layer inputs the scorer caches (that recomputation
     counted too)."""
     quota, blocks, scorer = request.quota, request.blocks, request.loss_scorer()
-    work_before, rebased = scorer.forward_equivalents, [0.0]
+    work_before = scorer.forward_equivalents
 
     def names(config: tuple[int, ...]) -> list[str]:
         return [blocks[k].name for k in config]
 
     def rebase(parent: tuple[int, ...]) -> None:
-        new = scorer.normalise(names(parent))
-        changed = new.symmetric_difference(scorer.base)
-        if changed:
-            start = min(i for i, _ in changed)
-            kept = sum(1 for j in range(start, scorer.n_layers) if (j, "layer") not in new)
-            rebased[0] += kept / scorer.n_layers
-        scorer.set_base(names(parent))
+        scorer.set_base(names(parent), count=True)
 
     def work() -> float:  # + 1: the dense pass that records every layer's input
-        return scorer.forward_equivalents - work_before + rebased[0] + 1.0
+        return scorer.forward_equivalents - work_before + 1.0
 
     def fitness(config: tuple[int, ...], rows: np.ndarray) -> float:
         return float(scorer.configuration_losses(names(config), rows).mean())

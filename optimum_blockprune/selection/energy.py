@@ -1,6 +1,8 @@
 """This project's method as one :class:`~optimum_blockprune.selection.registry.Method`: build the
 energy model, solve for the lowest-energy configurations, rerank the top-K by real calibration
-loss. The ``recentred`` energy does this in rounds, each round's choice fixed for the next."""
+loss, then improve the best by an energy-guided swap search on real loss until no single swap
+helps (:mod:`.local_search`). The ``recentred`` energy does the first three in rounds, each
+round's choice fixed for the next."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from optimum_blockprune.energy.model import EnergyModel, penalise_overlaps
 from optimum_blockprune.energy.variants import GRADIENT_VARIANTS, analyze
 from optimum_blockprune.errors import BlockPruneError, SettingError
 from optimum_blockprune.model.latency import CostTable, measure_costs
+from optimum_blockprune.selection.local_search import search, search_record, swap_space
 from optimum_blockprune.selection.registry import ENERGY_METHOD, Method, Request, Selection
 from optimum_blockprune.selection.rerank import rerank
 from optimum_blockprune.selection.rules import Rules
@@ -33,7 +36,8 @@ RECENTRE_POOL = 12
 
 SUMMARY = (
     "minimising a quadratic energy over removal configurations (a constrained binary problem), "
-    "then the best candidates were checked on real calibration loss"
+    "then the best candidates were checked on real calibration loss and the best improved by "
+    "single swaps until none lowered it"
 )
 
 
@@ -113,6 +117,13 @@ def select_energy(request: Request) -> Selection:
         rounds.append(_round_record(samples, keep, candidates, scores, best, target, target_params, t0))
         bar.update()
     bar.close()
+    searched = None
+    if config.search == "swap":
+        before = scorer.forward_equivalents - work_before + 1
+        space = swap_space(blocks, rules, isinstance(remove, dict), min_params, weights)
+        result = search(scorer, blocks, space, chosen, energies, config.search_budget, request.progress)
+        chosen = [blocks[i].name for i in result.removed]
+        searched = search_record(result, before)
     scorer.set_base([])
     pruned_loss = scorer.loss(chosen)
     backward = len(energies) if config.energy in GRADIENT_VARIANTS else 0
@@ -124,6 +135,8 @@ def select_energy(request: Request) -> Selection:
     cost["forward_passes"] = cost["forward_equivalents"]
     cost["seconds"] = round(time.perf_counter() - t_start, 3)
     removed = sorted(chosen, key=names.index)
+    if searched is not None:
+        cost["search"] = searched
     if table is not None:
         cost["latency"] = latency_record(table, config, removed)
         for record in rounds:  # the knapsack's weights were cost units, not parameters

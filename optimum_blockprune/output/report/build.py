@@ -143,7 +143,33 @@ def make_plots(run: Run, methods: Methods | None = None) -> list[Plot]:
     )
     caption, fig = _perplexity_plot(run, methods)
     add("perplexity", "Perplexity vs removed blocks", caption, fig)
+    cost = run.report.get("cost") or {}
+    search = cost.get("search") or {}
+    points = search.get("trajectory") or cost.get("trajectory")
+    if points:
+        certified = (search.get("certificate") or {}).get("local_optimum")
+        add(
+            "trajectory",
+            "Search trajectory",
+            "Real calibration loss of the search's configuration against the forward passes spent "
+            "since the selection began (the swap search starts from the best reranked candidate). "
+            + _certificate_text(search.get("certificate")),
+            rp.trajectory_figure(points, certified),
+        )
     return plots
+
+
+def _certificate_text(certificate: dict | None) -> str:
+    """The local-optimality certificate of a swap search, in words."""
+    if not certificate:
+        return ""
+    swaps, settled, bound = certificate["swaps"], certificate["settled"], certificate["by_bound"]
+    if certificate["local_optimum"]:
+        return (
+            f"Certified local optimum: none of its {swaps} single swaps lowers the calibration loss "
+            f"({bound} of them shown by the loss bound before every sample was scored)."
+        )
+    return f"Not certified: {certificate['reason']} after {settled} of its {swaps} single swaps were settled."
 
 
 def _perplexity_plot(run: Run, methods: Methods | None) -> tuple[str, Any]:
@@ -230,6 +256,15 @@ def summary_rows(run: Run) -> list[tuple[str, str]]:
                 f"{cost.get('forward_equivalents', '?')} forward-pass equivalents, "
                 f"{cost.get('backward_passes', 0)} backward passes, "
                 f"{(r.get('seconds') or {}).get('select', 0):.0f} s",
+            )
+        )
+    search = cost.get("search")
+    if search:
+        rows.append(
+            (
+                "swap search",
+                f"{len(search['accepted'])} swaps accepted, calibration loss {search['start_loss']:.4f} → "
+                f"{search['loss']:.4f}. {_certificate_text(search['certificate'])}",
             )
         )
     if c.get("protect") or c.get("force"):

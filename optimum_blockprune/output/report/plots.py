@@ -314,3 +314,23 @@ def perplexity_figure(
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
     return fig
+
+
+def trajectory_figure(points: Sequence[dict[str, Any]], certified: bool | None) -> Figure:
+    """A search's real calibration loss (``loss``, or EvoPress's ``fitness``) against the forward
+    passes spent so far; ``certified``: whether the last point is a proven local optimum."""
+    xs = [p["forward_passes"] for p in points]
+    ys = [p.get("loss", p.get("fitness")) for p in points]
+    fig = Figure(figsize=(7.5, 4.4), layout="constrained")
+    ax = fig.add_subplot()
+    ax.step(xs, ys, where="post", color=KEPT, zorder=2)
+    ax.scatter(xs, ys, color=KEPT, s=18, zorder=3, label="after each accepted move")
+    if certified is not None:
+        label = "certified local optimum" if certified else "last (not certified)"
+        ax.scatter(xs[-1:], ys[-1:], marker="*", s=220, color=REMOVED, zorder=4, label=label)
+    ax.set_xlabel("forward passes over the calibration set, from the start of the selection")
+    ax.set_ylabel("calibration loss")
+    ax.set_title("Search trajectory: real loss vs work")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
