@@ -22,7 +22,9 @@ DEFAULT_ENERGY = ENERGY_VARIANTS[0]
 #: or KL divergence from the dense model's next-token distribution; the first is the default.
 OBJECTIVES = ("ce", "kl")
 #: The energy method's last step: a swap search on real loss, or none.
-SEARCHES = ("swap", "none")
+SEARCHES = ("swap", "certify", "none")
+#: The swap search's default budget, as a share of the forward passes the selection spent before it.
+SEARCH_BUDGET_SHARE = 0.5
 #: The default selection method (see :mod:`optimum_blockprune.selection`).
 DEFAULT_METHOD = "energy"
 #: Settings that say how much to remove (at least one is needed).
@@ -48,8 +50,10 @@ class BlockPruneConfig(BaseConfig):
     loss that loss-based methods minimise: ``ce`` (cross-entropy, default) or ``kl`` (KL divergence
     from the dense model). ``generations``: the budget of ``evopress`` (None: its default).
     ``search``: after the energy method's rerank, ``swap`` (default) improves the best candidate by
-    single swaps on real loss until none helps (a certificate of local optimality) or
-    ``search_budget`` forward passes are spent (None: no limit); ``none`` keeps it as it is. An
+    single swaps on real loss until none helps (a certificate of local optimality) or its budget
+    is spent (``search_budget`` forward passes; default: half of those spent before the search);
+    ``certify`` goes on until the certificate (or ``search_budget``, if given); ``none`` keeps
+    the reranked candidate. An
     unknown setting is a one-line error naming the closest valid one.
     """
 

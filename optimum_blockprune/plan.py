@@ -285,7 +285,7 @@ def _check_objective(config: BlockPruneConfig) -> None:
         raise SettingError(
             "search_budget",
             "{name} is the budget of the energy method's swap search; drop it, or use --method energy "
-            "with --search swap",
+            "with --search swap or certify",
         )
 
 

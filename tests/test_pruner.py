@@ -35,7 +35,6 @@ def test_select_returns_valid_configuration_and_best_reranked(tmp_path, tokenize
     search = selection.cost["search"]  # the swap search starts from the best reranked candidate
     assert search["start_loss"] == pytest.approx(min(losses))
     assert selection.pruned_loss == pytest.approx(search["loss"]) and search["loss"] <= min(losses)
-    assert search["certificate"]["local_optimum"]
     assert selection.cost["forward_equivalents"] > 0
 
 

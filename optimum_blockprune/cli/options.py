@@ -197,15 +197,17 @@ def add_method_args(parser: ArgumentParser) -> None:
         default=SEARCHES[0],
         choices=SEARCHES,
         help="after the energy method's rerank: improve the best candidate by single swaps on real "
-        "loss until none helps, a certificate of local optimality (swap, default), or keep it (none)",
+        "loss until none helps or the budget is spent (swap, default), until no single swap helps, "
+        "a certificate of local optimality (certify), or keep it (none)",
     )
     group.add_argument(
         "--search-budget",
         type=float,
         default=None,
         metavar="PASSES",
-        help="the most forward passes (over the calibration set) the swap search may spend; it then "
-        "stops without a certificate (default: no limit)",
+        help="the most forward passes (over the calibration set) the swap search may spend before "
+        "it stops without a certificate (default: half of those spent before it with --search swap, "
+        "no limit with --search certify)",
     )
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from optimum_blockprune.blocks import Block, positions
+from optimum_blockprune.config import SEARCH_BUDGET_SHARE
 from optimum_blockprune.energy.distributed import Processes
 from optimum_blockprune.energy.model import EnergyModel, penalise_overlaps
 from optimum_blockprune.energy.variants import GRADIENT_VARIANTS, analyze
@@ -118,12 +119,15 @@ def select_energy(request: Request) -> Selection:
         bar.update()
     bar.close()
     searched = None
-    if config.search == "swap":
+    if config.search != "none":
         before = scorer.forward_equivalents - work_before + 1
+        budget = config.search_budget
+        if budget is None and config.search == "swap":
+            budget = SEARCH_BUDGET_SHARE * before
         space = swap_space(blocks, rules, isinstance(remove, dict), min_params, weights)
-        result = search(scorer, blocks, space, chosen, energies, config.search_budget, request.progress)
+        result = search(scorer, blocks, space, chosen, energies, budget, request.progress)
         chosen = [blocks[i].name for i in result.removed]
-        searched = search_record(result, before)
+        searched = search_record(result, before, budget)
     scorer.set_base([])
     pruned_loss = scorer.loss(chosen)
     backward = len(energies) if config.energy in GRADIENT_VARIANTS else 0

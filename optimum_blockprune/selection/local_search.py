@@ -106,14 +106,16 @@ def search(
         return finder.run(tuple(sorted(names.index(n) for n in start)))
 
 
-def search_record(result: SearchResult, offset: float) -> dict[str, Any]:
-    """What the report keeps: the certificate, the accepted swaps, and the trajectory with the
-    forward passes counted from the start of the selection (``offset``: those before the search)."""
+def search_record(result: SearchResult, offset: float, budget: float | None) -> dict[str, Any]:
+    """What the report keeps: the certificate, the accepted swaps, the budget (None: none), and
+    the trajectory with the forward passes counted from the start of the selection (``offset``:
+    those before the search)."""
     trajectory = [{**p, "forward_passes": round(p["forward_passes"] + offset, 3)} for p in result.trajectory]
     return {
         "certificate": result.certificate.as_dict(),
         "accepted": result.accepted,
         "trajectory": trajectory,
+        "budget": None if budget is None else round(float(budget), 3),
         "start_loss": result.trajectory[0]["loss"],
         "loss": result.loss,
     }

@@ -19,7 +19,7 @@ from optimum_blockprune.energy.model import EnergyModel
 from optimum_blockprune.output.report.build import build_report
 from optimum_blockprune.pruner import BlockPruner
 
-PLOTS = ("coupling", "fields", "spectrum", "removal_map", "loss_vs_energy", "perplexity")
+PLOTS = ("coupling", "fields", "spectrum", "removal_map", "loss_vs_energy", "perplexity", "trajectory")
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None)
 
 

@@ -35,7 +35,7 @@ def _config(tmp_path, corpus, **kw) -> BlockPruneConfig:
 )
 def test_no_single_swap_improves_the_result(tmp_path, tokenizer, corpus, granularity, settings):
     pruner = BlockPruner.from_pretrained(tiny_model("llama", 6), tokenizer=tokenizer)
-    config = _config(tmp_path, corpus, granularity=granularity, **settings)
+    config = _config(tmp_path, corpus, granularity=granularity, search="certify", **settings)
     selection = pruner.select(config)
     certificate = selection.cost["search"]["certificate"]
     assert certificate["local_optimum"] and certificate["settled"] == certificate["swaps"] > 0
@@ -68,10 +68,24 @@ def test_the_search_only_improves_on_the_rerank(tmp_path, tokenizer, corpus):
     assert work == sorted(work) and work[-1] <= searched.cost["forward_passes"]
 
 
+def test_the_default_budget_is_half_the_work_before_the_search(tmp_path, tokenizer, corpus):
+    pruner = BlockPruner.from_pretrained(tiny_model("llama", 12, seed=1), tokenizer=tokenizer)
+    default = pruner.select(_config(tmp_path, corpus, remove=6, top_k=2)).cost
+    certified = pruner.select(_config(tmp_path, corpus, remove=6, top_k=2, search="certify")).cost
+    before = default["search"]["trajectory"][0]["forward_passes"]
+    # (the first point also counts the start's losses, asked for again)
+    assert default["search"]["budget"] == pytest.approx(before / 2, rel=0.05)
+    assert certified["search"]["budget"] is None and certified["search"]["certificate"]["local_optimum"]
+    # the certificate costs more than the budget here; within it, the default stops without one
+    assert certified["forward_passes"] - before > before / 2 + 1
+    assert not default["search"]["certificate"]["local_optimum"]
+    assert default["forward_passes"] < certified["forward_passes"]
+
+
 def test_a_budget_stops_the_search_without_a_certificate(tmp_path, tokenizer, corpus):
     pruner = BlockPruner.from_pretrained(tiny_model("llama", 8, seed=3), tokenizer=tokenizer)
-    whole = pruner.select(_config(tmp_path, corpus, remove=4, top_k=2))
-    cheap = pruner.select(_config(tmp_path, corpus, remove=4, top_k=2, search_budget=0.5))
+    whole = pruner.select(_config(tmp_path, corpus, remove=4, top_k=2, search="certify"))
+    cheap = pruner.select(_config(tmp_path, corpus, remove=4, top_k=2, search="certify", search_budget=0.5))
     certificate = cheap.cost["search"]["certificate"]
     assert not certificate["local_optimum"] and "budget" in certificate["reason"]
     assert certificate["settled"] < certificate["swaps"]
@@ -81,10 +95,12 @@ def test_a_budget_stops_the_search_without_a_certificate(tmp_path, tokenizer, co
 def test_the_report_shows_the_trajectory_and_the_certificate(tmp_path, tiny_model_dir, text_file):
     out = tmp_path / "out"
     args = ["-m", str(tiny_model_dir), "-o", str(out), "--calibration", str(text_file), *CAL]
-    proc = run("prune", *args, "--remove", "2")
+    proc = run("prune", *args, "--remove", "2", "--search", "certify")
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "blockprune_report.json").read_text())
-    assert report["config"]["search"] == "swap" and report["cost"]["search"]["certificate"]["local_optimum"]
+    assert (
+        report["config"]["search"] == "certify" and report["cost"]["search"]["certificate"]["local_optimum"]
+    )
     page = (out / "report.html").read_text()
     assert 'id="plot-trajectory"' in page and "Certified local optimum: none of its 8 single swaps" in page
 
@@ -98,5 +114,8 @@ def test_the_search_settings_are_checked(tmp_path, tiny_model_dir, text_file):
     )
     assert_user_error(
         run("prune", *args, "--search-budget", "0"), "--search-budget must be a positive number"
+    )
+    assert_user_error(
+        run("prune", *args, "--search", "none", "--search-budget", "3"), "--search-budget is the budget"
     )
     assert not out.exists()
