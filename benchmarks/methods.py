@@ -366,7 +366,7 @@ def print_table(results: dict) -> None:
         if not rows:
             continue
         budgets = sorted({r["budget"] for r in rows})
-        what = "layers" if granularity == "layer" else f"{granularity} parameters"
+        what = "layers" if granularity == "layer" else "decoder parameters"
         print(f"\n| {granularity}: % of the {what} | " + " | ".join(f"{b}%" for b in budgets) + " |")
         print("|---" * (len(budgets) + 1) + "|")
         best = {b: min((r for r in rows if r["budget"] == b), key=lambda r: r["perplexity"]) for b in budgets}
