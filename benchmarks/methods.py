@@ -343,7 +343,8 @@ def merge(out: Path, part: Path) -> None:
     keys = {(r["method"], r["granularity"], r["budget"]) for r in extra["rows"]}
     results["rows"] = [r for r in results["rows"] if (r["method"], r["granularity"], r["budget"]) not in keys]
     results["rows"] += extra["rows"]
-    results.setdefault("parts", []).append({"settings": extra["settings"], "seconds": extra.get("seconds")})
+    settings = {**extra["settings"], "out": Path(extra["settings"]["out"]).name}  # no machine paths
+    results.setdefault("parts", []).append({"settings": settings, "seconds": extra.get("seconds")})
     out.write_text(json.dumps(results, indent=2))
     print_table(results)
 
