@@ -45,6 +45,7 @@ from optimum_blockprune.model.gates import Gates, removal_gates
 from optimum_blockprune.output.evaluation import heldout_data
 from optimum_blockprune.pruner import BlockPruner
 from optimum_blockprune.selection.baselines import select_baseline
+from optimum_blockprune.selection.rules import Rules
 
 BATCH = 8
 GREEDY = ("shortgpt-iterative", "sleb", "blockpruner")
@@ -331,9 +332,9 @@ def run_method(pruner, data, base, granularity, method, budgets, total_params, a
 
 
 def rule_ok(pruner: BlockPruner, granularity: str, removed: list[str]) -> bool:
-    """A prefix of one-shot scores at ``mixed`` granularity may remove a layer and its own branch."""
-    layers = {n for n in removed if n.count(".") == 1}
-    return not any(n.rsplit(".", 1)[0] in layers for n in removed if n.count(".") == 2)
+    """Whether the request's rules allow ``removed`` (a prefix of one-shot scores at ``mixed``
+    granularity may remove a layer and its own branch)."""
+    return Rules(pruner.model, pruner.adapter, pruner.blocks(granularity)).refusal(removed) is None
 
 
 def merge(out: Path, part: Path) -> None:
