@@ -60,8 +60,9 @@ METHODS = {
         "energy-kl",
         "sleb",
         "evopress",
+        "evopress-paper",
     ),
-    "sublayer": ("shortgpt", "shortgpt-iterative", "energy", "energy-certify", "blockpruner"),
+    "sublayer": ("shortgpt", "shortgpt-iterative", "energy", "energy-certify", "blockpruner", "evopress"),
     "mixed": ("shortgpt", "shortgpt-iterative", "energy", "energy-certify"),
 }
 QUESTIONS = Path(__file__).parents[1] / "examples" / "lm_eval_tasks" / "blockprune_mc" / "questions.jsonl"
@@ -93,7 +94,8 @@ class HeldOut:
 
 class MultipleChoice:
     """0-shot accuracy on the local ``blockprune_mc`` questions: the answer whose tokens are most
-    likely after ``Question: ...\\nAnswer:`` (lm-evaluation-harness's ``acc``), via zero gates."""
+    likely after ``Question: ...\\nAnswer:``, via zero gates: lm-evaluation-harness's ``acc`` (the
+    tests check they agree), per question so that it can be bootstrapped."""
 
     def __init__(self, pruner: BlockPruner) -> None:
         self.pruner = pruner
@@ -162,7 +164,10 @@ def main() -> None:
     parser.add_argument("--heldout-samples", type=int, default=128, help="held-out blocks of 128 tokens")
     parser.add_argument("--top-k", type=int, default=10)
     parser.add_argument(
-        "--evopress-generations", type=int, default=30, help="evopress generations per budget"
+        "--evopress-generations",
+        type=int,
+        default=30,
+        help="evopress generations per budget (evopress-paper: its script's k (n - k) / 1.5)",
     )
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples per cell")
     parser.add_argument("--out", default="benchmarks/results/methods.json")
@@ -234,6 +239,7 @@ def main() -> None:
             **(extra or {}),
         }
         results["rows"].append(row)
+        save()  # after every cell: a long run stopped early keeps what it measured
         print(
             f"  {granularity:<8} {percent:>3}% {method:<18} ppl {row['perplexity']:9.2f} "
             f"[{row['ppl_low']:.2f}, {row['ppl_high']:.2f}] mc {row['mc_accuracy']:.2f} "
@@ -317,18 +323,23 @@ def run_method(pruner, data, base, granularity, method, budgets, total_params, a
             if step is not None and rule_ok(pruner, granularity, step["removed"]):
                 record(method, granularity, p, step["removed"], step)
         return
-    for p, amount in amounts.items():  # layer counts
+    layers = len(pruner.blocks("layer"))
+    for p, amount in amounts.items():  # layer counts; branches: as many attention as MLP (EvoPress's way)
+        count = round(p / 100 * layers)
+        remove = amount if granularity == "layer" else {"attn": count, "mlp": count}
+        evopress = method.startswith("evopress")
         choice = select_baseline(
-            method,
+            "evopress" if evopress else method,
             pruner.model,
             pruner.adapter,
             data,
-            amount,
+            remove,
             granularity=granularity,
-            scorer=scorer("kl" if method == "evopress" else "ce"),
+            scorer=scorer("kl" if evopress else "ce"),
             generations=args.evopress_generations if method == "evopress" else None,
         )
-        record(method, granularity, p, choice.removed, choice.cost.as_dict())
+        extra = {"generations": len(choice.steps) - 1} if evopress and choice.steps else None
+        record(method, granularity, p, choice.removed, choice.cost.as_dict(), extra)
 
 
 def rule_ok(pruner: BlockPruner, granularity: str, removed: list[str]) -> bool:
