@@ -323,17 +323,16 @@ def run_method(pruner, data, base, granularity, method, budgets, total_params, a
             if step is not None and rule_ok(pruner, granularity, step["removed"]):
                 record(method, granularity, p, step["removed"], step)
         return
-    layers = len(pruner.blocks("layer"))
+    evopress = method.startswith("evopress")  # evopress-paper: the same search at its own schedule
     for p, amount in amounts.items():  # layer counts; branches: as many attention as MLP (EvoPress's way)
-        count = round(p / 100 * layers)
-        remove = amount if granularity == "layer" else {"attn": count, "mlp": count}
-        evopress = method.startswith("evopress")
+        if granularity != "layer":
+            amount = dict.fromkeys(("attn", "mlp"), budget_amount(pruner, "layer", p))
         choice = select_baseline(
             "evopress" if evopress else method,
             pruner.model,
             pruner.adapter,
             data,
-            remove,
+            amount,
             granularity=granularity,
             scorer=scorer("kl" if evopress else "ce"),
             generations=args.evopress_generations if method == "evopress" else None,
