@@ -62,7 +62,15 @@ METHODS = {
         "evopress",
         "evopress-paper",
     ),
-    "sublayer": ("shortgpt", "shortgpt-iterative", "energy", "energy-certify", "blockpruner", "evopress"),
+    "sublayer": (
+        "shortgpt",
+        "shortgpt-iterative",
+        "energy",
+        "energy-certify",
+        "blockpruner",
+        "evopress",
+        "evopress-paper",
+    ),
     "mixed": ("shortgpt", "shortgpt-iterative", "energy", "energy-certify"),
 }
 QUESTIONS = Path(__file__).parents[1] / "examples" / "lm_eval_tasks" / "blockprune_mc" / "questions.jsonl"
