@@ -16,7 +16,8 @@ scorer's cached prefixes credited, a result asked for twice counted twice), back
 seconds. Each method run gets its own loss scorer, so seconds are comparable. Greedy methods
 (``shortgpt-iterative``, ``sleb``, ``blockpruner``) run once to the largest budget: their first
 picks that reach a budget are their answer for it, at the cost so far. ``evopress`` runs on KL
-to the dense model (its paper's fitness) for ``--evopress-generations`` generations per budget.
+to the dense model (its paper's fitness) for ``--evopress-generations`` generations per budget;
+``evopress-paper`` the same at its script's ``k (n - k) / 1.5`` generations.
 ``energy`` is the default; ``energy-certify`` the same with ``--search certify`` (the swap search
 runs until no single swap helps); ``energy-kl`` the default on ``--objective kl``.
 
@@ -333,14 +334,17 @@ def run_method(pruner, data, base, granularity, method, budgets, total_params, a
         return
     evopress = method.startswith("evopress")  # evopress-paper: the same search at its own schedule
     for p, amount in amounts.items():  # layer counts; branches: as many attention as MLP (EvoPress's way)
-        if granularity != "layer":
-            amount = dict.fromkeys(("attn", "mlp"), budget_amount(pruner, "layer", p))
+        remove = (
+            amount
+            if granularity == "layer"
+            else dict.fromkeys(("attn", "mlp"), budget_amount(pruner, "layer", p))
+        )
         choice = select_baseline(
             "evopress" if evopress else method,
             pruner.model,
             pruner.adapter,
             data,
-            amount,
+            remove,
             granularity=granularity,
             scorer=scorer("kl" if evopress else "ce"),
             generations=args.evopress_generations if method == "evopress" else None,
